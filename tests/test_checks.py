@@ -1,0 +1,207 @@
+"""Bad learner input gets a clear verdict, never a crash; checks leave no trace."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from utils import transformer as ref
+from utils.checks import CheckFailed, check
+
+
+def failure(name, impl) -> str:
+    with pytest.raises(CheckFailed) as info:
+        check(name, impl)
+    return str(info.value)
+
+
+class MyLayerNorm(ref.LayerNorm):
+    pass
+
+
+def test_unknown_exercise_suggests_close_names():
+    msg = failure("layer_norm", MyLayerNorm)
+    assert "no exercise called 'layer_norm'" in msg and "'layernorm'" in msg
+
+
+def test_instance_instead_of_class():
+    msg = failure("layernorm", MyLayerNorm(ref.Config()))
+    assert "pass the class itself" in msg
+
+
+def test_none_and_wrong_type():
+    assert "you passed None" in failure("layernorm", None)
+    assert "expected a class" in failure("layernorm", 42)
+    assert "expected a function" in failure("cross_entropy", "loss")
+
+
+def test_reference_itself_is_refused():
+    assert "reference implementation" in failure("layernorm", ref.LayerNorm)
+
+
+def test_learner_exception_shows_learner_frames_only():
+    def helper(x):
+        return x @ torch.ones(3, 3)  # wrong inner size on purpose
+
+    class Broken(ref.LayerNorm):
+        def forward(self, x):
+            return helper(x)
+
+    msg = failure("layernorm", Broken)
+    assert "your code raised RuntimeError" in msg
+    assert "in helper" in msg and "in forward" in msg, msg
+    assert "core.py" not in msg and "tests/exercises" not in msg, msg
+
+
+def test_wrong_shape_is_named():
+    class KeepdimForgotten(ref.LayerNorm):
+        def forward(self, x):
+            return x.mean(-1)
+
+    msg = failure("layernorm", KeepdimForgotten)
+    assert "has shape (2, 5), expected (2, 5, 16)" in msg
+
+
+def test_transposed_output_is_recognised():
+    class Transposed(ref.LayerNorm):
+        def forward(self, x):
+            return super().forward(x).transpose(-1, -2)
+
+    assert "are two axes swapped?" in failure("layernorm", Transposed)
+
+
+def test_integer_dtype_is_named():
+    class Ints(ref.LayerNorm):
+        def forward(self, x):
+            return super().forward(x).long()
+
+    assert "dtype torch.int64, expected a floating-point tensor" in failure("layernorm", Ints)
+
+
+def test_nan_is_named():
+    class DividesByZero(ref.LayerNorm):
+        def forward(self, x):
+            return (x - x.mean(-1, keepdim=True)) / torch.zeros(()) * self.w
+
+    msg = failure("layernorm", DividesByZero)
+    assert "non-finite" in msg and "division by zero" in msg
+
+
+def test_infinite_loop_is_stopped(monkeypatch):
+    from utils.checks import get_exercise
+
+    monkeypatch.setattr(get_exercise("layernorm"), "time_limit", 1.0)
+
+    class Loops(ref.LayerNorm):
+        def forward(self, x):
+            while True:
+                try:
+                    pass
+                except Exception:  # a learner's broad except must not swallow the time limit
+                    pass
+
+    msg = failure("layernorm", Loops)
+    assert "more than 1 s" in msg and "infinite loop" in msg
+
+
+def test_in_place_modification_is_reported():
+    class InPlace(ref.LayerNorm):
+        def forward(self, x):
+            x -= x.mean(-1, keepdim=True)
+            return x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt() * self.w + self.b
+
+    msg = failure("layernorm", InPlace)
+    assert "modified its input `x` in place" in msg
+
+
+def test_in_place_mask_is_reported():
+    def mask(scores):
+        n = scores.shape[-1]
+        return scores.masked_fill_(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+
+    assert "modified its input `scores` in place" in failure("causal_mask", mask)
+
+
+def test_wrong_parameter_names_are_explained():
+    class Renamed(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(cfg.d_model))
+            self.bias = nn.Parameter(torch.zeros(cfg.d_model))
+
+        def forward(self, x):
+            return x
+
+    msg = failure("layernorm", Renamed)
+    assert "missing: b, w" in msg and "unexpected: bias, weight" in msg
+
+
+def test_returning_none_is_named():
+    class ForgotReturn(ref.LayerNorm):
+        def forward(self, x):
+            super().forward(x)
+
+    assert "should be a torch.Tensor, got NoneType" in failure("layernorm", ForgotReturn)
+
+
+def test_checks_leave_global_state_alone():
+    torch.manual_seed(123)
+    random.seed(5)
+    np.random.seed(7)
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(123)
+    random.seed(5)
+    np.random.seed(7)
+    grad = torch.is_grad_enabled()
+
+    def sampler(logits, temperature):
+        torch.set_grad_enabled(False)
+        random.random()
+        return torch.multinomial((logits / temperature).softmax(-1), 1).squeeze(-1)
+
+    check("temperature", sampler)
+    with pytest.raises(CheckFailed):
+        check("layernorm", type("Bad", (ref.LayerNorm,), {"forward": lambda self, x: x}))
+    assert torch.is_grad_enabled() == grad
+    after = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(after[0], expected[0]) and after[1:] == expected[1:]
+
+
+def test_sampler_returning_floats_or_out_of_range():
+    assert "integer token ids" in failure("temperature", lambda logits, t: (logits / t).softmax(-1).argmax(-1).float())
+    assert "outside 0..7" in failure("temperature", lambda logits, t: torch.full(logits.shape[:1], 99))
+
+
+def test_sampler_ignoring_filter_is_caught_statistically():
+    msg = failure("top_k", lambda logits, k, temperature=1.0: torch.multinomial(logits.softmax(-1), 1).squeeze(-1))
+    assert "should never be sampled" in msg
+
+
+def test_success_prints_only_to_stdout_in_a_fresh_process(tmp_path):
+    code = textwrap.dedent(
+        """
+        from utils import transformer as ref
+        from utils.checks import check
+        class LayerNorm(ref.LayerNorm):
+            pass
+        check("layernorm", LayerNorm)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("✓ layernorm"), proc.stdout
+    assert proc.stderr == ""
+
+
+def test_failure_renders_as_verdict_in_ipython():
+    """IPython shows CheckFailed through _render_traceback_: the verdict without checker frames."""
+    err = CheckFailed("✗ x: something")
+    assert err._render_traceback_() == ["✗ x: something"]
+    assert isinstance(err, AssertionError)  # nbgrader and pytest treat it as a failed test

@@ -1,0 +1,90 @@
+"""Every exercise's check passes the reference, rejects the stub, and names each catalogued mistake.
+
+This is the proof that no check is a check that cannot fail.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from utils.checks import CheckFailed, check, exercises
+
+ALL = exercises()
+MISTAKES = [(ex, m) for ex in ALL for m in ex.mistakes]
+
+
+def stub_for(ex):
+    """What a learner has before filling in the exercise: the chapter's `raise NotImplementedError()`."""
+    if ex.kind == "class":
+        def forward(self, *args, **kwargs):
+            # YOUR CODE HERE
+            raise NotImplementedError()
+
+        return type(ex.title, (ex.reference,), {"forward": forward})
+
+    def stub(*args, **kwargs):
+        # YOUR CODE HERE
+        raise NotImplementedError()
+
+    return stub
+
+
+def test_there_are_enough_exercises():
+    assert len(exercises("ch01")) >= 12
+    assert all(ex.mistakes for ex in ALL), [ex.name for ex in ALL if not ex.mistakes]
+    assert all(len(ex.cases) >= 2 or ex.name == "train_step" for ex in ALL)
+
+
+@pytest.mark.parametrize("ex", ALL, ids=lambda ex: ex.name)
+def test_reference_passes(ex, capfd):
+    # A copy of the reference (check() refuses the toolkit's own object, see test_checks.py).
+    impl = type(ex.title, (ex.reference,), {}) if ex.kind == "class" else (lambda *a, **k: ex.reference(*a, **k))
+    assert check(ex.name, impl) is None
+    out, err = capfd.readouterr()
+    assert out.startswith(f"✓ {ex.name}:"), out
+    assert err == "", "a passing check must write nothing to stderr (nbgrader scores stderr as failure)"
+
+
+@pytest.mark.parametrize("ex", ALL, ids=lambda ex: ex.name)
+def test_stub_says_not_implemented(ex):
+    with pytest.raises(CheckFailed, match="not implemented yet"):
+        check(ex.name, stub_for(ex))
+
+
+@pytest.mark.parametrize("ex,mistake", MISTAKES, ids=[f"{ex.name}-{m.name}" for ex, m in MISTAKES])
+def test_mistake_is_caught_with_its_hint(ex, mistake):
+    with pytest.raises(CheckFailed) as info:
+        check(ex.name, mistake.impl)
+    message = str(info.value)
+    assert message.startswith(f"✗ {ex.name}:"), message
+    assert f"likely mistake ({mistake.name})" in message, message
+    assert mistake.hint in message
+    assert "input:" in message, "the verdict must name the input it used"
+
+
+def test_mistakes_are_distinct():
+    """Two catalogued mistakes of one exercise must not be indistinguishable by output."""
+    from utils.checks.core import close, run_cases
+
+    for ex in ALL:
+        if ex.judge is not None:
+            continue
+        outs = {m.name: run_cases(ex, m.impl, guarded=False) for m in ex.mistakes}
+        ref = run_cases(ex, ex.reference, guarded=False)
+        names = list(outs)
+        for i, a in enumerate(names):
+            assert not all(close(x, r, ex.atol, ex.rtol) for x, r in zip(outs[a], ref)), f"{ex.name}: {a} equals the reference"
+            for b in names[i + 1 :]:
+                assert not all(close(x, y, ex.atol, ex.rtol) for x, y in zip(outs[a], outs[b])), f"{ex.name}: {a} == {b}"
+
+
+def test_check_leaves_learner_class_untouched():
+    ex = next(e for e in ALL if e.name == "layernorm")
+    impl = type("LayerNorm", (ex.reference,), {"marker": 1})
+    before = dict(vars(impl))
+    check("layernorm", impl)
+    assert dict(vars(impl)) == before
+    assert isinstance(impl(ex.cases[0]["cfg"]), nn.Module)
+    torch.testing.assert_close(impl(ex.cases[0]["cfg"]).w, torch.ones(ex.cases[0]["cfg"].d_model))

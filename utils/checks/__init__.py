@@ -1,0 +1,116 @@
+"""Checks for the course's exercises.
+
+In a notebook::
+
+    from utils.checks import check
+    check("layernorm", LayerNorm)   # prints ✓ ... or raises CheckFailed with a hint
+
+``check`` returns None on success, raises ``CheckFailed`` (an ``AssertionError``) on failure and
+writes nothing to stderr, so the same call serves as an nbgrader test cell. The exercises
+themselves (inputs, reference, catalogued mistakes) live in ``tests/exercises/`` so that CI,
+the notebook and nbgrader all run one set of checks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+from .core import CheckFailed, Exercise, LearnerError, Mistake, RunContext, collect, judge
+
+__all__ = ["check", "CheckFailed", "Exercise", "LearnerError", "Mistake", "RunContext", "exercises", "get_exercise", "collect", "judge"]
+
+_REGISTRY: dict[str, Exercise] | None = None
+
+
+def exercises_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "tests" / "exercises"
+
+
+def _load_registry() -> dict[str, Exercise]:
+    global _REGISTRY
+    if _REGISTRY is not None:
+        return _REGISTRY
+    folder = exercises_dir()
+    if not folder.is_dir():
+        raise CheckFailed(
+            f"The course's exercise checks were not found in {folder}.\n"
+            "Install the course from a clone of its repository (pip install -e .), not from a wheel."
+        )
+    registry: dict[str, Exercise] = {}
+    # A private package over tests/exercises, so exercise files can import each other
+    # (from .judges import ...) without putting tests/ on sys.path.
+    if "_course_exercises" not in sys.modules:
+        pkg = types.ModuleType("_course_exercises")
+        pkg.__path__ = [str(folder)]
+        sys.modules["_course_exercises"] = pkg
+    for path in sorted(folder.glob("ch*.py")):
+        mod_name = f"_course_exercises.{path.stem}"
+        module = sys.modules.get(mod_name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = module
+            spec.loader.exec_module(module)
+        for ex in module.EXERCISES:
+            if ex.name in registry:
+                raise RuntimeError(f"exercise name {ex.name!r} is defined twice")
+            ex.chapter = path.stem
+            registry[ex.name] = ex
+    _REGISTRY = registry
+    return registry
+
+
+def exercises(chapter: str | None = None) -> list[Exercise]:
+    """All exercises (of one chapter, e.g. ``"ch01"``), in the order they are declared."""
+    return [ex for ex in _load_registry().values() if chapter is None or ex.chapter == chapter]
+
+
+def get_exercise(name: str) -> Exercise:
+    registry = _load_registry()
+    if name not in registry:
+        close = difflib.get_close_matches(str(name), registry, n=3)
+        suggestion = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise CheckFailed(
+            f"✗ There is no exercise called {name!r}.{suggestion}\n  Exercises: {', '.join(registry)}"
+        )
+    return registry[name]
+
+
+def _validate(ex: Exercise, impl: Any) -> None:
+    import inspect
+
+    from torch import nn
+
+    if impl is None:
+        raise CheckFailed(f"✗ {ex.name}: you passed None. Pass your {ex.title} itself: check({ex.name!r}, {ex.title}).")
+    if ex.kind == "class":
+        if isinstance(impl, nn.Module):
+            raise CheckFailed(
+                f"✗ {ex.name}: you passed an instance of {type(impl).__name__}; pass the class itself: "
+                f"check({ex.name!r}, {type(impl).__name__})."
+            )
+        if not (inspect.isclass(impl) and issubclass(impl, nn.Module)):
+            raise CheckFailed(
+                f"✗ {ex.name}: expected a class that subclasses torch.nn.Module, got {type(impl).__name__} {impl!r}."
+            )
+    elif not callable(impl):
+        raise CheckFailed(f"✗ {ex.name}: expected a function, got {type(impl).__name__} {impl!r}.")
+    if impl is ex.reference:
+        raise CheckFailed(
+            f"✗ {ex.name}: that is the course's reference implementation, not yours. Pass the {ex.title} you wrote."
+        )
+
+
+def check(name: str, impl: Any) -> None:
+    """Check the learner's ``impl`` for exercise ``name``; print ✓ or raise ``CheckFailed``."""
+    ex = get_exercise(name)
+    _validate(ex, impl)
+    outputs = collect(ex, impl)
+    judge(ex, outputs)
+    n = len(ex.cases)
+    print(f"✓ {ex.name}: {ex.title} matches the reference on {n} input{'s' if n > 1 else ''}.")

@@ -1,0 +1,467 @@
+"""The check runner: run a learner's code on chosen inputs, then judge the outputs.
+
+An exercise (see ``tests/exercises/``) declares
+
+* ``run(impl, ctx) -> dict``: builds seeded inputs, calls the learner's object through ``ctx``
+  and returns its outputs (tensors, numbers);
+* ``reference``: the toolkit's correct implementation, run through the same ``run``;
+* ``mistakes``: realistic wrong implementations with the hint a learner should read. A
+  learner's output that matches a mistake's output names that mistake.
+
+The two steps stay apart. ``collect(exercise, impl)`` is the only step that touches learner
+code, under guards (time limit, exceptions, in-place edits, RNG state); ``judge(exercise,
+outputs)`` sees nothing but the outputs, so it can run in another process that the learner's
+code never reaches (for grades that cannot be faked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import random
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+# ---------------------------------------------------------------------------------------------
+# Declaring exercises
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Mistake:
+    """A realistic learner mistake: a wrong implementation (``impl``) or a predicate (``detect``)."""
+
+    name: str
+    hint: str
+    impl: Any = None
+    detect: Callable[[dict, dict], bool] | None = None  # (got, want) of one case -> matches?
+
+
+@dataclass
+class Exercise:
+    name: str
+    title: str
+    reference: Any
+    run: Callable[[Any, "RunContext"], dict[str, Any]]
+    cases: list[dict]
+    mistakes: list[Mistake] = field(default_factory=list)
+    kind: str = "class"  # "class": an nn.Module subclass; "function": a callable
+    judge: Callable[..., None] | None = None  # default: judge_close
+    atol: float = 1e-4
+    rtol: float = 1e-4
+    time_limit: float = 10.0  # seconds for all cases together
+    stuck: str = ""  # what to read if stuck
+    uses: str = ""  # earlier exercises this one builds on (named when it fails)
+    chapter: str = ""
+
+    def describe(self, case: dict) -> str:
+        return case.get("describe") or ", ".join(f"{k}={v}" for k, v in case.items() if k != "seed")
+
+
+class CheckFailed(AssertionError):
+    """A failed check. Shown in IPython as the verdict alone, without the checker's traceback."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [str(self)]
+
+
+class _Timeout(BaseException):
+    """Raised inside the learner's code when the time limit is hit (BaseException, so that a
+    learner's ``except Exception`` cannot swallow it)."""
+
+
+class LearnerError(Exception):
+    """Something went wrong *in the learner's code* while running it."""
+
+    def __init__(self, message: str, not_implemented: bool = False):
+        super().__init__(message)
+        self.not_implemented = not_implemented
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the learner's code
+# ---------------------------------------------------------------------------------------------
+
+_CHECKER_FILES = (str(Path(__file__).resolve().parent),)
+
+
+def _is_checker_frame(filename: str) -> bool:
+    try:
+        path = str(Path(filename).resolve())
+    except (OSError, ValueError):
+        return False
+    return path.startswith(_CHECKER_FILES) or "/tests/exercises/" in path.replace("\\", "/")
+
+
+def learner_traceback(exc: BaseException) -> str:
+    """Format an exception keeping only the learner's frames (and what they called)."""
+    tb = exc.__traceback__
+    while tb is not None and _is_checker_frame(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
+
+
+@contextlib.contextmanager
+def preserved_state() -> Iterator[None]:
+    """Leave global RNG state, grad mode and default dtype exactly as they were."""
+    py_state = random.getstate()
+    np_state = None
+    np = sys.modules.get("numpy")
+    if np is not None:
+        np_state = np.random.get_state()
+    grad = torch.is_grad_enabled()
+    dtype = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            if np_state is not None:
+                np.random.set_state(np_state)
+            torch.set_grad_enabled(grad)
+            torch.set_default_dtype(dtype)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Interrupt Python code that runs longer than ``seconds`` (POSIX main thread only;
+    elsewhere the code simply runs unlimited)."""
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable or seconds <= 0:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise _Timeout()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _arg_names(fn: Callable, args: tuple) -> list[str]:
+    try:
+        target = fn.forward if isinstance(fn, nn.Module) else fn
+        params = list(inspect.signature(target).parameters)
+    except (TypeError, ValueError):
+        params = []
+    return [params[i] if i < len(params) else f"argument {i}" for i in range(len(args))]
+
+
+class RunContext:
+    """What an exercise's ``run`` gets: seeded inputs and guarded calls into learner code."""
+
+    def __init__(self, exercise: Exercise, case: dict, guarded: bool):
+        self.exercise = exercise
+        self.case = case
+        self.guarded = guarded
+        self.gen = torch.Generator().manual_seed(case.get("seed", 0))
+
+    # -- seeded inputs (identical for the reference, the mistakes and the learner) --
+    def randn(self, *shape: int, scale: float = 1.0) -> Tensor:
+        return torch.randn(shape, generator=self.gen) * scale
+
+    def randint(self, high: int, *shape: int) -> Tensor:
+        return torch.randint(0, high, shape, generator=self.gen)
+
+    def seed_globals(self) -> None:
+        """Seed the global RNGs (for code that samples), inside the preserved state."""
+        seed = self.case.get("seed", 0)
+        torch.manual_seed(seed)
+        random.seed(seed)
+
+    def random_params(self, module: nn.Module) -> dict[str, Tensor]:
+        """Random values for every parameter: gains near 1, everything else small and non-zero,
+        so that a forgotten bias or gain shows."""
+        params = {}
+        for name, p in module.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            noise = torch.randn(p.shape, generator=self.gen)
+            if leaf == "w":  # LayerNorm gain
+                params[name] = 1.0 + 0.2 * noise
+            elif leaf.startswith("b"):  # biases
+                params[name] = 0.2 * noise
+            else:  # weights: unit-variance outputs for unit-variance inputs
+                params[name] = noise / math.sqrt(p.shape[-2] if p.ndim >= 2 else 1)
+        return params
+
+    def make(self, cls: Any, *args, reference: Any = None, **kwargs) -> nn.Module:
+        """Instantiate ``cls(*args)`` and give it the same random parameters as the reference."""
+        reference = reference or self.exercise.reference
+        template = reference(*args, **kwargs)
+        params = self.random_params(template)
+        obj = self.call(cls, *args, **kwargs) if self.guarded else cls(*args, **kwargs)
+        if not isinstance(obj, nn.Module):
+            raise LearnerError(f"{_name(cls)}(cfg) returned a {type(obj).__name__}, not a torch.nn.Module.")
+        load_parameters(obj, params, owner=_name(cls))
+        return obj
+
+    def call(self, fn: Callable, *args, **kwargs) -> Any:
+        """Call learner code: exceptions become a verdict, inputs must not be modified."""
+        if not self.guarded:
+            return fn(*args, **kwargs)
+        names = _arg_names(fn, args)
+        before = [(n, a, a.detach().clone()) for n, a in zip(names, args) if isinstance(a, Tensor)]
+        try:
+            out = fn(*args, **kwargs)
+        except (_Timeout, LearnerError):
+            raise
+        except NotImplementedError as e:
+            raise LearnerError("not implemented yet", not_implemented=True) from e
+        except Exception as e:  # the learner's own error: show it with the learner's frames
+            raise LearnerError(
+                f"your code raised {type(e).__name__} on input {self.exercise.describe(self.case)}:\n\n"
+                + learner_traceback(e)
+            ) from e
+        for n, a, copy in before:
+            if a.shape != copy.shape or not torch.equal(a.detach(), copy):
+                raise LearnerError(
+                    f"your code modified its input `{n}` in place (for example `x -= ...`, `x[...] = ...`"
+                    " or a method ending in `_` such as `x.sub_()`).\n"
+                    "Work on a new tensor instead (`x = x - ...`): callers still need the original."
+                )
+        return out
+
+
+def _name(obj: Any) -> str:
+    return getattr(obj, "__name__", None) or type(obj).__name__
+
+
+def load_parameters(module: nn.Module, params: dict[str, Tensor], owner: str) -> None:
+    own = dict(module.named_parameters())
+    missing = sorted(set(params) - set(own))
+    extra = sorted(set(own) - set(params))
+    if missing or extra:
+        lines = [f"{owner}'s parameters do not match the names the exercise expects."]
+        if missing:
+            lines.append(f"  missing: {', '.join(missing)}")
+        if extra:
+            lines.append(f"  unexpected: {', '.join(extra)}")
+        lines.append("Keep the parameter names of the provided __init__ (they mirror TransformerLens).")
+        raise LearnerError("\n".join(lines))
+    for name, value in params.items():
+        if own[name].shape != value.shape:
+            raise LearnerError(
+                f"{owner}.{name} has shape {tuple(own[name].shape)}, expected {tuple(value.shape)}."
+            )
+    with torch.no_grad():
+        for name, value in params.items():
+            own[name].copy_(value)
+
+
+def _detach(x: Any) -> Any:
+    if isinstance(x, Tensor):
+        return x.detach().cpu().clone()
+    if isinstance(x, dict):
+        return {k: _detach(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_detach(v) for v in x)
+    return x
+
+
+def run_cases(exercise: Exercise, impl: Any, guarded: bool) -> list[dict]:
+    outputs = []
+    for case in exercise.cases:
+        ctx = RunContext(exercise, case, guarded)
+        with preserved_state():
+            outputs.append(_detach(exercise.run(impl, ctx)))
+    return outputs
+
+
+def collect(exercise: Exercise, impl: Any) -> list[dict]:
+    """Step 1: run the learner's ``impl`` on every case, under guards. Raises CheckFailed."""
+    try:
+        with time_limit(exercise.time_limit):
+            return run_cases(exercise, impl, guarded=True)
+    except _Timeout:
+        raise CheckFailed(
+            f"✗ {exercise.name}: your code ran for more than {exercise.time_limit:g} s and was stopped.\n"
+            "  Is there an infinite loop (a `while` whose condition never changes), or a loop over every\n"
+            "  element where a tensor operation would do?"
+        ) from None
+    except LearnerError as e:
+        if e.not_implemented:
+            raise CheckFailed(
+                f"✗ {exercise.name}: not implemented yet.\n"
+                f"  Replace `raise NotImplementedError()` in the {exercise.title} cell with your code, run that cell,"
+                " then run this check again."
+            ) from None
+        raise CheckFailed(f"✗ {exercise.name}: {e}" + _uses_note(exercise)) from None
+
+
+def _uses_note(exercise: Exercise) -> str:
+    return f"\n  ({exercise.title} builds on your {exercise.uses}: make sure their checks pass.)" if exercise.uses else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Judging outputs
+# ---------------------------------------------------------------------------------------------
+
+
+def close(got: Any, want: Any, atol: float, rtol: float) -> bool:
+    if isinstance(want, Tensor):
+        if not isinstance(got, Tensor) or got.shape != want.shape:
+            return False
+        if want.is_floating_point() != got.is_floating_point():
+            return False
+        return bool(torch.allclose(got.double(), want.double(), atol=atol, rtol=rtol, equal_nan=True))
+    if isinstance(want, float):
+        return isinstance(got, (int, float)) and math.isclose(got, want, abs_tol=atol, rel_tol=rtol)
+    if isinstance(want, dict):
+        return isinstance(got, dict) and want.keys() == got.keys() and all(close(got[k], want[k], atol, rtol) for k in want)
+    return got == want
+
+
+def describe_difference(name: str, got: Any, want: Any, atol: float, rtol: float) -> str | None:
+    """A sentence on how ``got`` differs from ``want``, or None if they agree."""
+    if isinstance(want, dict):
+        if not isinstance(got, dict):
+            return f"{name} should be a dict, got {type(got).__name__}"
+        for k in want:
+            msg = describe_difference(f"{name}[{k!r}]", got.get(k), want[k], atol, rtol)
+            if msg:
+                return msg
+        return None
+    if isinstance(want, float):
+        if isinstance(got, Tensor) and got.numel() == 1:
+            got = got.item()
+        if not isinstance(got, (int, float)):
+            return f"{name} should be a number (a Python float), got {type(got).__name__}"
+        if math.isnan(got):
+            return f"{name} is NaN (expected {want:.6g})"
+        if math.isclose(got, want, abs_tol=atol, rel_tol=rtol):
+            return None
+        return f"{name} is {got:.6g}, expected {want:.6g} (off by {abs(got - want):.3g})"
+    if not isinstance(want, Tensor):
+        return None if got == want else f"{name} is {got!r}, expected {want!r}"
+    if not isinstance(got, Tensor):
+        return f"{name} should be a torch.Tensor, got {type(got).__name__}"
+    if got.shape != want.shape:
+        msg = f"{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+        if got.numel() == want.numel() and sorted(got.shape) == sorted(want.shape):
+            msg += " (same sizes in another order: are two axes swapped?)"
+        elif got.ndim == want.ndim - 1 or got.ndim == want.ndim + 1:
+            msg += " (one axis too many or too few: a sum/mean over the wrong axis, or a missing keepdim=True?)"
+        return msg
+    if want.is_floating_point() and not got.is_floating_point():
+        return f"{name} has dtype {got.dtype}, expected a floating-point tensor ({want.dtype})"
+    if not want.is_floating_point() and got.is_floating_point():
+        return f"{name} has dtype {got.dtype}, expected integer token ids ({want.dtype})"
+    if got.is_floating_point():
+        bad = ~torch.isfinite(got) & torch.isfinite(want)
+        if bad.any():
+            idx = tuple(int(i) for i in bad.nonzero()[0])
+            kind = "NaN" if torch.isnan(got[idx]) else "inf"
+            return (
+                f"{name} contains {int(bad.sum())} non-finite value(s) (first: {kind} at index {list(idx)}) "
+                "where the reference is finite: a division by zero, log(0), or exp of a large number?"
+            )
+        diff = (got.double() - want.double()).abs()
+        diff = torch.where(torch.isnan(diff), torch.zeros_like(diff), diff)
+        tol = atol + rtol * want.double().abs()
+        wrong = diff > tol
+        if not wrong.any():
+            return None
+        idx = _argmax_index(diff - tol)
+        msg = (
+            f"{name} differs from the reference in {int(wrong.sum())} of {want.numel()} entries; "
+            f"largest difference {float(diff[idx]):.4g} at index {list(idx)} "
+            f"(yours {float(got[idx]):.6g}, expected {float(want[idx]):.6g})"
+        )
+        scale = _scale_factor(got, want)
+        if scale is not None:
+            msg += f"\n  Your output is the expected output times {scale:.4g} everywhere: a missing or extra scale factor?"
+        return msg
+    wrong = got != want
+    if not wrong.any():
+        return None
+    idx = _argmax_index(wrong.int())
+    return (
+        f"{name} differs in {int(wrong.sum())} of {want.numel()} entries; first at index {list(idx)} "
+        f"(yours {got[idx].item()}, expected {want[idx].item()})"
+    )
+
+
+def _argmax_index(t: Tensor) -> tuple[int, ...]:
+    flat = int(t.flatten().argmax())
+    idx = []
+    for size in reversed(t.shape):
+        idx.append(flat % size)
+        flat //= size
+    return tuple(reversed(idx))
+
+
+def _scale_factor(got: Tensor, want: Tensor) -> float | None:
+    g, w = got.double().flatten(), want.double().flatten()
+    ww = float(w @ w)
+    if ww == 0 or not torch.isfinite(g).all():
+        return None
+    s = float(g @ w) / ww
+    if abs(s - 1) < 1e-3 or abs(s) < 1e-6:
+        return None
+    resid = float((g - s * w).norm()) / math.sqrt(ww)
+    return s if resid < 1e-3 else None
+
+
+def judge_close(exercise: Exercise, outputs: list[dict], references: list[dict], mistakes: dict[str, list[dict]]) -> None:
+    """Default judge: every output equals the reference's within tolerance."""
+    for i, (case, got, want) in enumerate(zip(exercise.cases, outputs, references)):
+        problem = describe_difference("your output", got, want, exercise.atol, exercise.rtol)
+        if problem is None:
+            continue
+        hint = _matching_mistake(exercise, got, want, mistakes, i)
+        fail(exercise, case, problem, hint)
+
+
+def _matching_mistake(exercise, got, want, mistakes, case_index) -> Mistake | None:
+    for m in exercise.mistakes:
+        if m.detect is not None:
+            try:
+                if m.detect(got, want):
+                    return m
+            except Exception:
+                continue
+        elif m.name in mistakes and close(got, mistakes[m.name][case_index], exercise.atol, exercise.rtol):
+            return m
+    return None
+
+
+def fail(exercise: Exercise, case: dict, problem: str, hint: Mistake | None) -> None:
+    lines = [f"✗ {exercise.name}: {problem}.", f"  input: {exercise.describe(case)}"]
+    if hint is not None:
+        lines.append(f"  likely mistake ({hint.name}): {hint.hint}")
+    elif exercise.uses:
+        lines.append(f"  ({exercise.title} builds on your {exercise.uses}: make sure their checks pass.)")
+    if exercise.stuck:
+        lines.append(f"  stuck? {exercise.stuck}")
+    raise CheckFailed("\n".join(lines))
+
+
+def judge(exercise: Exercise, outputs: list[dict]) -> None:
+    """Step 2: compare outputs with the reference (and the known mistakes). Raises CheckFailed.
+
+    Runs only trusted code (the reference and the catalogued mistakes), never the learner's.
+    """
+    references = run_cases(exercise, exercise.reference, guarded=False)
+    mistakes = {}
+    for m in exercise.mistakes:
+        if m.impl is not None:
+            try:
+                mistakes[m.name] = run_cases(exercise, m.impl, guarded=False)
+            except Exception:  # a mistake that crashes on these inputs cannot be matched by output
+                pass
+    (exercise.judge or judge_close)(exercise, outputs, references, mistakes)

@@ -1,0 +1,103 @@
+"""Saving and loading model checkpoints, and the course's pretrained "model zoo".
+
+A checkpoint is two files side by side, and neither is a pickle (unpickling runs arbitrary
+code, so a downloaded ``.pt`` file is a program, not data):
+
+* ``<name>.safetensors``: the weights, by their ``state_dict`` names;
+* ``<name>.json``: ``{"format": 1, "config": {...Config fields...}, "metadata": {...}}``.
+
+Checkpoints shipped with the course live in ``utils/checkpoints`` and load by name::
+
+    available_models()        # the names there
+    model = load_model(name)  # one of them
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .transformer import Config, Transformer
+
+FORMAT = 1
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    path = Path(path)
+    return path.with_suffix(".safetensors"), path.with_suffix(".json")
+
+
+def save_checkpoint(model: Transformer, path: str | Path, metadata: dict | None = None) -> None:
+    """Write ``path.safetensors`` (weights) and ``path.json`` (config and metadata)."""
+    weights_path, json_path = _paths(path)
+    # Serialise the JSON first, so unserialisable metadata fails before anything is written.
+    text = json.dumps({"config": model.cfg.to_dict(), "metadata": metadata or {}, "format": FORMAT}, indent=2)
+    # clone(): safetensors refuses tensors that share memory (e.g. tied weights).
+    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, weights_path, metadata={"format": str(FORMAT)})
+    json_path.write_text(text + "\n")
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
+    """Build a ``Transformer`` from a checkpoint written by ``save_checkpoint``.
+
+    Raises ``ValueError`` naming every missing, unexpected or wrongly shaped tensor.
+    """
+    weights_path, json_path = _paths(path)
+    for p in (json_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"checkpoint file {p} does not exist")
+    try:
+        info = json.loads(json_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{json_path} is not valid JSON: {e}") from e
+    if not isinstance(info, dict) or info.get("format") != FORMAT or not isinstance(info.get("config"), dict):
+        raise ValueError(f"{json_path} is not a format-{FORMAT} checkpoint config (need 'format' and 'config')")
+    cfg = Config.from_dict(info["config"])
+
+    tensors = load_file(weights_path)  # safetensors: plain tensors, no code execution
+    model = Transformer(cfg)
+    expected = model.state_dict()
+    problems = []
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong_shape = [
+        f"{k} (file {tuple(tensors[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in sorted(set(tensors) & set(expected))
+        if tensors[k].shape != expected[k].shape
+    ]
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
+    if wrong_shape:
+        problems.append(f"shape mismatches: {', '.join(wrong_shape)}")
+    if problems:
+        raise ValueError(f"checkpoint {weights_path} does not match its config:\n  " + "\n  ".join(problems))
+    model.load_state_dict(tensors)
+    return model.to(device).eval()
+
+
+def checkpoint_dir() -> Path:
+    """The folder of checkpoints shipped with the course (``utils/checkpoints``)."""
+    return Path(__file__).resolve().parent / "checkpoints"
+
+
+def available_models() -> list[str]:
+    """Names ``load_model`` accepts: every ``<name>.safetensors`` with a ``<name>.json`` beside it."""
+    folder = checkpoint_dir()
+    return sorted(p.stem for p in folder.glob("*.safetensors") if p.with_suffix(".json").is_file())
+
+
+def load_model(name: str) -> Transformer:
+    """Load a shipped checkpoint by name; ``available_models()`` lists the names."""
+    names = available_models()
+    if name not in names:
+        listing = ", ".join(names) if names else "(none: no checkpoints in " + str(checkpoint_dir()) + ")"
+        raise ValueError(f"unknown model {name!r}; available: {listing}")
+    # The full file name, so a dotted name ("a.b") keeps its dot through with_suffix.
+    return load_checkpoint(checkpoint_dir() / f"{name}.safetensors")
