@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 import shutil
 from pathlib import Path
@@ -272,5 +274,10 @@ def test_chapters_are_up_to_date():
     sources = sorted(build.SOURCE_DIR.glob("*.ipynb"))
     if not sources:
         pytest.skip(f"{build.SOURCE_DIR} has no notebooks yet")
+    if not os.environ.get("CI"):
+        # A learner works in chapters/: their edited notebooks are their work, not a stale build.
+        edited = [p.name for p in sorted(build.OUTPUT_DIR.glob("*.ipynb")) if build._existing_state(p) == "modified"]
+        if edited:
+            pytest.skip(f"chapters edited since they were generated (your own work?): {', '.join(edited)}; CI checks them")
     problems = build.check(build.SOURCE_DIR, build.OUTPUT_DIR)
     assert not problems, "chapters/ is out of date; run ./course build\n" + "\n".join(problems)

@@ -211,3 +211,38 @@ def test_every_shipped_checkpoint_loads(name):
     t = torch.randint(0, model.cfg.d_vocab, (1, min(8, model.cfg.n_ctx)))
     with torch.no_grad():
         assert torch.isfinite(model(t)).all()
+
+
+# ---- The shipped course_lm checkpoint -----------------------------------------------------------
+
+
+def test_course_lm_checkpoint_matches_its_recipe_and_writes_the_language():
+    from utils import zoo
+    from utils.corpus import Tokenizer, token_dataset
+    from utils.sampling import generate
+
+    model = zoo.load_model("course_lm")
+    meta = json.loads((zoo.checkpoint_dir() / "course_lm.json").read_text())["metadata"]
+    # The recipe's own held-out rows give exactly the loss recorded when it was trained.
+    held_out = token_dataset(600_000, model.cfg.n_ctx, seed=0)[-250:]
+    with torch.no_grad():
+        assert model(held_out, return_type="loss").item() == pytest.approx(meta["val_loss"], abs=2e-3)
+        # Fresh text from another seed: far below the unigram entropy (≈4.3 nats).
+        fresh = token_dataset(20_000, model.cfg.n_ctx, seed=1234)
+        assert model(fresh, return_type="loss").item() < 1.4
+    torch.manual_seed(0)
+    tokenizer = Tokenizer()
+    text = tokenizer.decode(generate(model, torch.tensor(tokenizer.encode("Mary went to the park .", bos=True)), 30, temperature=0))
+    assert text.count(".") >= 2, text  # whole sentences, not word salad
+
+
+def test_recipe_entry_point_trains_and_saves(tmp_path, capsys):
+    from utils import zoo
+
+    assert zoo.main(["train", "course_lm", "--steps", "5", "--out", str(tmp_path)]) == 0
+    model = zoo.load_checkpoint(tmp_path / "course_lm.safetensors")
+    meta = json.loads((tmp_path / "course_lm.json").read_text())["metadata"]
+    assert meta["steps"] == 5 and meta["recipe"] == "course_lm"
+    assert model.cfg.n_layers == 2
+    assert zoo.main(["list"]) == 0
+    assert "course_lm" in capsys.readouterr().out

@@ -15,6 +15,8 @@ Checkpoints shipped with the course live in ``utils/checkpoints`` and load by na
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -101,3 +103,83 @@ def load_model(name: str) -> Transformer:
         raise ValueError(f"unknown model {name!r}; available: {listing}")
     # The full file name, so a dotted name ("a.b") keeps its dot through with_suffix.
     return load_checkpoint(checkpoint_dir() / f"{name}.safetensors")
+
+
+# ---- Recipes: how every shipped checkpoint was made -----------------------------------------
+# Each shipped model is produced by a function here with a fixed seed, so anyone can retrain it:
+#     python -m utils.zoo list
+#     python -m utils.zoo train course_lm            # writes utils/checkpoints/course_lm.*
+#     python -m utils.zoo train course_lm --out DIR  # somewhere else
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    make: Callable[..., tuple[Transformer, dict]]  # make(steps=None, progress=True) -> (model, metadata)
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def recipe(name: str, description: str):
+    def register(fn):
+        RECIPES[name] = Recipe(name, description, fn)
+        return fn
+
+    return register
+
+
+@recipe("course_lm", "Chapter 1's model trained longer: 2 layers, d_model 128, on the course language (n_ctx 48).")
+def _course_lm(steps: int | None = None, progress: bool = True) -> tuple[Transformer, dict]:
+    from .corpus import Tokenizer, token_dataset
+    from .training import train
+
+    steps = steps or 3000
+    tokenizer = Tokenizer()
+    cfg = Config(d_vocab=len(tokenizer), n_ctx=48, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_layers=2)
+    data = token_dataset(600_000, cfg.n_ctx, seed=0)
+    train_data, val_data = data[:-250], data[-250:]
+    model = Transformer(cfg, seed=0)
+    log = train(model, train_data, steps=steps, batch_size=32, lr=3e-3, seed=0, progress=progress, desc="course_lm")
+    with torch.no_grad():
+        val_loss = model(val_data, return_type="loss").item()
+    return model, {"recipe": "course_lm", "steps": steps, "seed": 0, "val_loss": round(val_loss, 4),
+                   "train_seconds": round(log.seconds, 1), "torch": torch.__version__,
+                   "data": "token_dataset(600_000, 48, seed=0); last 250 rows held out"}
+
+
+def retrain(name: str, out_dir: str | Path | None = None, steps: int | None = None, progress: bool = True) -> Path:
+    """Run a recipe and save its checkpoint (by default into the shipped folder)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; available: {', '.join(sorted(RECIPES))}")
+    model, metadata = RECIPES[name].make(steps=steps, progress=progress)
+    path = Path(out_dir or checkpoint_dir()) / f"{name}.safetensors"
+    save_checkpoint(model, path, metadata)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m utils.zoo", description="The course's shipped models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list recipes and shipped checkpoints")
+    t = sub.add_parser("train", help="retrain a shipped model from its recipe")
+    t.add_argument("name")
+    t.add_argument("--out", help="folder to write into (default: utils/checkpoints)")
+    t.add_argument("--steps", type=int, help="override the number of steps (for a quick try)")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        shipped = set(available_models())
+        for name, r in sorted(RECIPES.items()):
+            print(f"{name:16s} {'shipped' if name in shipped else 'not built'}  {r.description}")
+        return 0
+    path = retrain(args.name, args.out, args.steps)
+    meta = json.loads(path.with_suffix(".json").read_text())["metadata"]
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {meta}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -279,11 +279,12 @@ TRAIN_CFG = Config(d_vocab=29, n_ctx=8, d_model=16, n_heads=2, d_head=8, d_mlp=3
 
 def run_train_step(impl, ctx):
     c = ctx.case
-    model = ref.Transformer(TRAIN_CFG, seed=c["seed"])
+    cfg = c["cfg"]
+    model = ref.Transformer(cfg, seed=c["seed"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(c["steps"]):
-        batch = ctx.randint(TRAIN_CFG.d_vocab, c["batch"], TRAIN_CFG.n_ctx)
+        batch = ctx.randint(cfg.d_vocab, c["batch"], cfg.n_ctx)
         loss = ctx.call(impl, model, optimizer, batch)
         if isinstance(loss, Tensor) and loss.numel() == 1:
             loss = loss.item()
@@ -544,7 +545,11 @@ EXERCISES = [
     Exercise(
         name="train_step", title="train_step", reference=ref_training.train_step, run=run_train_step, kind="function",
         uses="lm_cross_entropy", atol=1e-4, rtol=1e-3,
-        cases=[dict(seed=12, steps=3, batch=4, describe="3 steps of AdamW (lr 1e-2) on a 1-layer model, batches of 4 random sequences")],
+        cases=[
+            dict(seed=12, steps=3, batch=4, cfg=TRAIN_CFG, describe="3 steps of AdamW (lr 1e-2) on a 1-layer model, batches of 4 random sequences of 8 tokens"),
+            dict(seed=23, steps=2, batch=2, cfg=TRAIN_CFG.replace(n_layers=2, n_ctx=5, d_vocab=13),
+                 describe="2 steps of AdamW (lr 1e-2) on a 2-layer model, batches of 2 random sequences of 5 tokens"),
+        ],
         mistakes=[
             Mistake("no zero_grad", "gradients accumulate across steps: call optimizer.zero_grad() before loss.backward().", train_no_zero_grad),
             Mistake("parameters never updated", "the parameters never change: call optimizer.step() after loss.backward(), and zero_grad() before backward (zero_grad between backward and step throws the gradients away).", train_no_step),
