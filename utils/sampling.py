@@ -7,13 +7,10 @@ repeatable.
 
 from __future__ import annotations
 
-import math
-
-import einops
 import torch
 from torch import Tensor
 
-from .transformer import Attention, KVCache, apply_causal_mask
+from .transformer import Attention, KVCache, KVCacheEntry
 
 
 def sample_greedy(logits: Tensor) -> Tensor:
@@ -56,17 +53,13 @@ def attention_with_kv_cache(attn: Attention, x_new: Tensor, past_k: Tensor | Non
 
     x_new: [batch, new_pos, d_model] (already layer-normed); past_k/past_v: [batch, old_pos,
     n_heads, d_head] or None. Returns (output [batch, new_pos, d_model], k_all, v_all).
+    This is the toolkit's own cached path (``Attention.forward`` with a ``KVCacheEntry``);
+    chapter 1 has you write it out by hand.
     """
-    q = einops.einsum(x_new, attn.W_Q, "b p m, h m d -> b p h d") + attn.b_Q
-    k = einops.einsum(x_new, attn.W_K, "b p m, h m d -> b p h d") + attn.b_K
-    v = einops.einsum(x_new, attn.W_V, "b p m, h m d -> b p h d") + attn.b_V
-    if past_k is not None:
-        k = torch.cat([past_k, k], dim=1)
-        v = torch.cat([past_v, v], dim=1)
-    scores = einops.einsum(q, k, "b q h d, b k h d -> b h q k") / math.sqrt(attn.cfg.d_head)
-    pattern = apply_causal_mask(scores).softmax(dim=-1)  # the mask knows queries are the last positions
-    z = einops.einsum(pattern, v, "b h q k, b k h d -> b q h d")
-    return einops.einsum(z, attn.W_O, "b q h d, h d m -> b q m") + attn.b_O, k, v
+    entry = KVCacheEntry()
+    entry.k, entry.v = past_k, past_v
+    out = attn(x_new, entry)
+    return out, entry.k, entry.v
 
 
 @torch.no_grad()
