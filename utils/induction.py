@@ -1,0 +1,137 @@
+"""Induction heads: the data that teaches them, and the measurements that find them.
+
+Reference implementations for chapter 2 (the chapter has you write most of them yourself).
+
+Data. Repeating a fixed-length block teaches a *positional* shortcut (attend a fixed distance
+back), not induction. ``span_copy_batch`` instead copies a span of random length from a random
+earlier position to a random later one, so the only way to predict the copy is to find the
+previous occurrence of the current token and read what followed it: induction.
+
+Scores (Olsson et al. 2022; Elhage et al. 2021), on ``repeated_tokens`` = [bos, x, x] with x of
+``L`` random tokens:
+* previous-token score: mean attention from position i to i - 1;
+* duplicate-token score: mean attention from i (second copy) to i - L (the same token earlier);
+* induction score: mean attention from i (second copy) to i - L + 1 (the token after it);
+* composition score: ||W_A W_B||_F / (||W_A||_F ||W_B||_F).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .transformer import Config, Transformer
+
+BOS = 0
+
+
+def span_copy_batch(batch: int, seq_len: int, d_vocab: int, gen: torch.Generator,
+                    min_span: int = 6, max_span: int = 16, n_spans: int = 1) -> Tensor:
+    """Random tokens (BOS first) in which ``n_spans`` spans of 6-16 tokens each reappear later
+    in the row, copied from a random position to a random later one."""
+    tokens = torch.randint(1, d_vocab, (batch, seq_len), generator=gen)
+    tokens[:, 0] = BOS
+    for _ in range(n_spans):
+        lengths = torch.randint(min_span, max_span + 1, (batch,), generator=gen).tolist()
+        for row, span in enumerate(lengths):
+            src = int(torch.randint(1, seq_len - 2 * span + 1, (1,), generator=gen))
+            dst = int(torch.randint(src + span, seq_len - span + 1, (1,), generator=gen))
+            tokens[row, dst : dst + span] = tokens[row, src : src + span]
+    return tokens
+
+
+def span_copy_batches(batch: int, seq_len: int, d_vocab: int, seed: int = 0, n_spans: int = 1):
+    """An endless stream of ``span_copy_batch`` batches from one seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        yield span_copy_batch(batch, seq_len, d_vocab, gen, n_spans=n_spans)
+
+
+def repeated_tokens(batch: int, half_len: int, d_vocab: int, seed: int = 0) -> Tensor:
+    """[bos, x_1..x_L, x_1..x_L] with x uniform random tokens: shape [batch, 1 + 2 L]."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(1, d_vocab, (batch, half_len), generator=gen)
+    return torch.cat([torch.full((batch, 1), BOS), x, x], dim=1)
+
+
+def _diagonal_score(pattern: Tensor, offset: int, first_query: int) -> Tensor:
+    """pattern [batch, head, q, k] -> [head]: mean of pattern[:, :, q, q - offset] over batch and
+    over queries q >= first_query."""
+    diag = pattern.diagonal(offset=-offset, dim1=-2, dim2=-1)  # [..., n_queries_with_a_key]
+    # diag[..., j] is pattern[..., j + offset, j]: query q = j + offset
+    return diag[..., max(first_query - offset, 0):].mean(dim=(0, -1))
+
+
+def prev_token_scores(pattern: Tensor) -> Tensor:
+    """pattern [batch, head, q, k] -> [head]: mean attention to the previous position."""
+    return _diagonal_score(pattern, 1, first_query=1)
+
+
+def duplicate_token_scores(pattern: Tensor, half_len: int) -> Tensor:
+    """On repeated tokens: mean attention from the second copy to the same token in the first."""
+    return _diagonal_score(pattern, half_len, first_query=1 + half_len)
+
+
+def induction_scores(pattern: Tensor, half_len: int) -> Tensor:
+    """On repeated tokens: mean attention from the second copy to the token *after* the same
+    token in the first copy (offset L - 1)."""
+    return _diagonal_score(pattern, half_len - 1, first_query=1 + half_len)
+
+
+def all_head_scores(model: Transformer, half_len: int = 20, batch: int = 16, seed: int = 0) -> dict[str, Tensor]:
+    """Previous-token, duplicate-token and induction scores of every head: each [n_layers, n_heads]."""
+    tokens = repeated_tokens(batch, half_len, model.cfg.d_vocab, seed)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    out = {"prev_token": [], "duplicate": [], "induction": []}
+    for layer in range(model.cfg.n_layers):
+        pattern = cache["pattern", layer]
+        out["prev_token"].append(prev_token_scores(pattern))
+        out["duplicate"].append(duplicate_token_scores(pattern, half_len))
+        out["induction"].append(induction_scores(pattern, half_len))
+    return {k: torch.stack(v) for k, v in out.items()}
+
+
+def composition_score(W_A: Tensor, W_B: Tensor) -> Tensor:
+    """||W_A W_B||_F / (||W_A||_F ||W_B||_F): how much of what A writes, B reads."""
+    return (W_A @ W_B).norm() / (W_A.norm() * W_B.norm())
+
+
+def ov_matrix(model: Transformer, layer: int, head: int) -> Tensor:
+    """W_V W_O of one head: [d_model, d_model] (row-vector convention: x @ W_OV)."""
+    attn = model.blocks[layer].attn
+    return attn.W_V[head] @ attn.W_O[head]
+
+
+def qk_matrix(model: Transformer, layer: int, head: int) -> Tensor:
+    """W_Q W_K^T of one head: [d_model, d_model]; score(x_q, x_k) = x_q W_QK x_k^T / sqrt(d_head)."""
+    attn = model.blocks[layer].attn
+    return attn.W_Q[head] @ attn.W_K[head].T
+
+
+def k_composition_scores(model: Transformer, early: int = 0, late: int = 1) -> Tensor:
+    """[n_heads(early), n_heads(late)]: how much each later head's keys read each earlier head's output.
+
+    Keys of the late head read x + x W_OV (earlier head's output), so its scores contain
+    x_q W_QK (x_k W_OV)^T = x_q (W_QK W_OV^T) x_k^T: K-composition is W_OV^(early) with W_QK^(late)^T.
+    """
+    n = model.cfg.n_heads
+    return torch.stack([
+        torch.stack([composition_score(ov_matrix(model, early, a), qk_matrix(model, late, b).T) for b in range(n)])
+        for a in range(n)
+    ])
+
+
+def random_composition_baseline(cfg: Config, n: int = 200, seed: int = 0) -> float:
+    """Mean composition score of random matrices shaped like W_OV and W_QK^T (rank d_head)."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = []
+    for _ in range(n):
+        def low_rank():
+            return torch.randn(cfg.d_model, cfg.d_head, generator=gen) @ torch.randn(cfg.d_head, cfg.d_model, generator=gen)
+        scores.append(float(composition_score(low_rank(), low_rank())))
+    return sum(scores) / n
+
+
+def induction_config(n_layers: int = 2) -> Config:
+    return Config(d_vocab=64, n_ctx=64, d_model=64, n_heads=4, d_head=16, d_mlp=0, n_layers=n_layers,
+                  attn_only=True, normalization="LN")
