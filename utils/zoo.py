@@ -149,6 +149,20 @@ def _course_lm(steps: int | None = None, progress: bool = True) -> tuple[Transfo
                    "data": "token_dataset(600_000, 48, seed=0); last 250 rows held out"}
 
 
+@recipe("induction_2l", "Chapter 2's model: 2-layer attention-only transformer with induction heads, trained on random tokens with copied spans.")
+def _induction_2l(steps: int | None = None, progress: bool = True) -> tuple[Transformer, dict]:
+    from .induction import all_head_scores, train_induction_model
+
+    steps = steps or 3000
+    model, history = train_induction_model(n_layers=2, steps=steps, seed=0, progress=progress, desc="induction_2l")
+    scores = all_head_scores(model, half_len=20)
+    return model, {"recipe": "induction_2l", "steps": steps, "seed": 0, "torch": torch.__version__,
+                   "best_induction_score": round(scores["induction"][1].max().item(), 3),
+                   "best_prev_token_score_layer0": round(scores["prev_token"][0].max().item(), 3),
+                   "repeat_loss_second_half": round(history["repeat_loss"][-1], 3),
+                   "data": "span_copy_batches(64, 64, 64, seed=0, n_spans=3)"}
+
+
 def retrain(name: str, out_dir: str | Path | None = None, steps: int | None = None, progress: bool = True) -> Path:
     """Run a recipe and save its checkpoint (by default into the shipped folder)."""
     if name not in RECIPES:

@@ -1,0 +1,90 @@
+"""The shipped induction_2l checkpoint really has induction heads, measured by numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from utils import induction as ind
+from utils.zoo import load_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("induction_2l")
+
+
+@pytest.mark.parametrize("half_len", [10, 20, 30])
+def test_induction_and_previous_token_heads(model, half_len):
+    scores = ind.all_head_scores(model, half_len=half_len, batch=16, seed=7)
+    assert scores["induction"][1].max() >= 0.5, scores["induction"]
+    assert scores["prev_token"][0].max() >= 0.3, scores["prev_token"]
+    # Layer 0 alone cannot do induction (nothing to compose with).
+    assert scores["induction"][0].max() < 0.1
+
+
+@pytest.mark.parametrize("half_len", [10, 20, 30])
+def test_second_copy_is_predicted(model, half_len):
+    tokens = ind.repeated_tokens(32, half_len, model.cfg.d_vocab, seed=11)
+    with torch.no_grad():
+        nll = -model(tokens)[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]
+    first, second = nll[:, :half_len].mean().item(), nll[:, half_len + 1 :].mean().item()
+    assert first > 3.5  # random tokens: about ln 63
+    assert second < 0.4 * first, (first, second)  # measured: 1.38 (L=10), 0.36 (L=30) vs 4.14
+
+
+def test_k_composition_of_the_pair_beats_random_matrices(model):
+    scores = ind.all_head_scores(model, half_len=20)
+    prev = int(scores["prev_token"][0].argmax())
+    induction = int(scores["induction"][1].argmax())
+    comp = ind.k_composition_scores(model)
+    baseline = ind.random_composition_baseline(model.cfg, n=200, seed=3)
+    assert 0.05 < baseline < 0.2
+    assert comp[prev, induction] > 1.4 * baseline, (comp, baseline)
+    # The layer-0 head with the weakest previous-token score composes least: the signal is specific.
+    weakest = int(scores["prev_token"][0].argmin())
+    assert comp[prev, induction] > comp[weakest, induction]
+
+
+def test_reverse_engineered_circuits(model):
+    """OV of the induction head copies; its QK, with keys through the previous-token head, matches tokens."""
+    scores = ind.all_head_scores(model, half_len=20)
+    prev = int(scores["prev_token"][0].argmax())
+    head = int(scores["induction"][1].argmax())
+    with torch.no_grad():
+        W_E, W_U = model.embed.W_E, model.unembed.W_U
+        ov = W_E @ ind.ov_matrix(model, 1, head) @ W_U
+        qk = (W_E @ model.blocks[1].attn.W_Q[head]) @ (W_E @ ind.ov_matrix(model, 0, prev) @ model.blocks[1].attn.W_K[head]).T
+    diag = torch.arange(model.cfg.d_vocab)
+    assert (ov.argmax(-1) == diag).float().mean() > 0.7  # chance: 1/64
+    assert (qk.argmax(-1) == diag).float().mean() > 0.8
+
+
+def test_scores_on_hand_made_patterns():
+    L = 5
+    n = 1 + 2 * L
+    perfect_induction = torch.zeros(1, 1, n, n)
+    perfect_prev = torch.zeros(1, 1, n, n)
+    for q in range(n):
+        perfect_prev[0, 0, q, max(q - 1, 0)] = 1
+        perfect_induction[0, 0, q, q - L + 1 if q > L else 0] = 1
+    assert ind.induction_scores(perfect_induction, L).item() == pytest.approx(1.0)
+    assert ind.prev_token_scores(perfect_prev).item() == pytest.approx(1.0)
+    assert ind.prev_token_scores(perfect_induction).item() < 0.2
+    assert ind.duplicate_token_scores(perfect_induction, L).item() == 0
+
+
+def test_span_copy_data_has_copies_at_varying_distances():
+    batch = ind.span_copy_batch(64, 64, 64, torch.Generator().manual_seed(0), n_spans=1)
+    assert (batch[:, 0] == ind.BOS).all() and batch[:, 1:].min() >= 1
+    # Each row repeats some 6-token window; the distance between the copies varies (no fixed period).
+    distances = set()
+    for row in batch:
+        seen = {}
+        for i in range(1, 59):
+            key = tuple(row[i : i + 6].tolist())
+            if key in seen:
+                distances.add(i - seen[key])
+                break
+            seen[key] = i
+    assert len(distances) > 10
