@@ -88,3 +88,23 @@ def test_span_copy_data_has_copies_at_varying_distances():
                 break
             seen[key] = i
     assert len(distances) > 10
+
+
+def test_direct_logit_attribution_adds_up_to_the_logits(model):
+    """Head attributions plus the other direct paths reproduce the correct-token logits exactly."""
+    tokens = ind.repeated_tokens(3, 10, model.cfg.d_vocab, seed=2)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens)
+        heads = ind.head_logit_attribution(cache, model, tokens)  # [layer, head, batch, pos - 1]
+        scale = cache["ln_final.hook_scale"][:, :-1]
+        rest = cache["hook_embed"][:, :-1] + cache["hook_pos_embed"][:, :-1]
+        rest = rest + sum(block.attn.b_O for block in model.blocks)
+        rest = (rest - rest.mean(-1, keepdim=True)) / scale * model.ln_final.w
+        W = model.unembed.W_U[:, tokens[:, 1:]]  # [d_model, batch, pos - 1]
+        other = torch.einsum("bpm,mbp->bp", rest, W) + (model.ln_final.b @ W) + model.unembed.b_U[tokens[:, 1:]]
+        target = logits[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
+    torch.testing.assert_close(heads.sum(dim=(0, 1)) + other, target, atol=1e-4, rtol=1e-4)
+    # And the induction heads carry most of the correct-token logit on the second copy.
+    scores = ind.all_head_scores(model, half_len=20)
+    best = int(scores["induction"][1].argmax())
+    assert heads[1, best, :, 11:].mean() > heads[0, :, :, 11:].mean(dim=-1).max()

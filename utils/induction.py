@@ -179,3 +179,86 @@ def train_induction_model(n_layers: int = 2, steps: int = 3000, seed: int = 0, e
             bar.set_postfix(loss=f"{history['loss'][-1]:.2f}", induction=f"{history['induction'][-1]:.2f}")
     model.eval()
     return model, history
+
+
+# ---- Chapter 2 reference tools: hooks, attribution, circuits --------------------------------
+def caching_hook(store: dict):
+    """A hook that saves each activation it sees under its hook point's name."""
+
+    def hook(activation: Tensor, hook) -> None:
+        store[hook.name] = activation.detach()
+
+    return hook
+
+
+def zero_head_hook(z: Tensor, hook, head: int) -> Tensor:
+    """On ``hook_z`` ([batch, pos, head, d_head]): remove one head's output."""
+    z = z.clone()
+    z[:, :, head] = 0.0
+    return z
+
+
+def mean_ablation_hook(z: Tensor, hook, head: int, mean_z: Tensor) -> Tensor:
+    """On ``hook_z``: replace one head's output by its mean over a reference batch.
+    ``mean_z`` is [pos, head, d_head] (the mean over the batch)."""
+    z = z.clone()
+    z[:, :, head] = mean_z[: z.shape[1], head]
+    return z
+
+
+def per_token_loss(logits: Tensor, tokens: Tensor) -> Tensor:
+    """[batch, pos, d_vocab], [batch, pos] -> [batch, pos - 1]: loss of predicting token i + 1."""
+    return -logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]
+
+
+def record_induction_scores(model: Transformer, tokens: Tensor, half_len: int) -> Tensor:
+    """[n_layers, n_heads] induction scores, computed by a hook on every attention pattern."""
+    scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+
+    def hook(pattern: Tensor, hook) -> None:
+        layer = int(hook.name.split(".")[1])
+        scores[layer] = induction_scores(pattern, half_len)
+
+    model.run_with_hooks(tokens, fwd_hooks=[(lambda name: name.endswith("hook_pattern"), hook)])
+    return scores
+
+
+def head_logit_attribution(cache, model: Transformer, tokens: Tensor) -> Tensor:
+    """Direct logit attribution of every head: [n_layers, n_heads, batch, pos - 1].
+
+    Each head writes z_h W_O^h into the residual stream; its direct effect on the logit of the
+    correct next token goes through the final LayerNorm, which (for a fixed input) is linear:
+    centre, divide by the cached scale, multiply by the gain, then dot with W_U[:, next token].
+    """
+    scale = cache["ln_final.hook_scale"][:, :-1]  # [batch, pos - 1, 1]
+    directions = model.unembed.W_U[:, tokens[:, 1:]]  # [d_model, batch, pos - 1]
+    out = []
+    for layer in range(model.cfg.n_layers):
+        z = cache["z", layer][:, :-1]  # [batch, pos - 1, head, d_head]
+        per_head = torch.einsum("bphd,hdm->hbpm", z, model.blocks[layer].attn.W_O)
+        per_head = per_head - per_head.mean(-1, keepdim=True)
+        per_head = per_head / scale * model.ln_final.w
+        out.append(torch.einsum("hbpm,mbp->hbp", per_head, directions))
+    return torch.stack(out)
+
+
+def ov_circuit(model: Transformer, layer: int, head: int) -> tuple[Tensor, Tensor]:
+    """The full OV circuit W_E W_V W_O W_U as two factors: [d_vocab, d_head] @ [d_head, d_vocab]."""
+    attn = model.blocks[layer].attn
+    return model.embed.W_E @ attn.W_V[head], attn.W_O[head] @ model.unembed.W_U
+
+
+def top1_diagonal_fraction(M: Tensor) -> float:
+    """Fraction of rows whose largest entry is on the diagonal."""
+    return (M.argmax(dim=-1) == torch.arange(M.shape[0])).float().mean().item()
+
+
+def k_composed_qk_circuit(model: Transformer, prev_head: int, induction_head: int) -> tuple[Tensor, Tensor]:
+    """Token-to-token QK circuit of a layer-1 head whose keys read a layer-0 head's output.
+
+    Entry [a, b]: the score a query token a gives a key position whose *previous* token is b
+    (moved there by the previous-token head): W_E W_Q (W_E W_OV W_K)^T, as two factors."""
+    late = model.blocks[1].attn
+    query_side = model.embed.W_E @ late.W_Q[induction_head]
+    key_side = model.embed.W_E @ ov_matrix(model, 0, prev_head) @ late.W_K[induction_head]
+    return query_side, key_side.T

@@ -1,0 +1,436 @@
+"""Chapter 2 exercises: induction heads, on the shipped ``induction_2l`` model."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from utils import induction as ref
+from utils.checks import Exercise, LearnerError, Mistake
+from utils.transformer import lm_cross_entropy  # noqa: F401  (kept for learners reading this file)
+
+_MODEL = None
+
+
+def model():
+    """The shipped model (loaded once; checks never modify it)."""
+    global _MODEL
+    if _MODEL is None:
+        from utils.zoo import load_model
+
+        _MODEL = load_model("induction_2l")
+    return _MODEL
+
+
+def _random_tokens(ctx, batch, pos):
+    toks = ctx.randint(model().cfg.d_vocab - 1, batch, pos) + 1
+    toks[:, 0] = ref.BOS
+    return toks
+
+
+def _random_pattern(ctx, batch, heads, n):
+    scores = ctx.randn(batch, heads, n, n, scale=2.0)
+    mask = torch.ones(n, n, dtype=torch.bool).triu(1)
+    return scores.masked_fill(mask, float("-inf")).softmax(-1)
+
+
+# ---- 1. caching hook ------------------------------------------------------------------------
+CACHE_NAMES = ["hook_embed", "blocks.0.attn.hook_pattern", "blocks.1.attn.hook_z", "blocks.1.hook_resid_post"]
+
+
+def run_caching_hook(impl, ctx):
+    tokens = _random_tokens(ctx, ctx.case["batch"], ctx.case["pos"])
+    store: dict = {}
+    hook = ctx.call(impl, store)
+    if not callable(hook):
+        raise LearnerError(f"caching_hook(store) should return a hook function, got {type(hook).__name__}")
+    with torch.no_grad():
+        ctx.call(model().run_with_hooks, tokens, fwd_hooks=[(name, hook) for name in CACHE_NAMES])
+    return {name: store.get(name) for name in CACHE_NAMES}
+
+
+def caching_hook_fixed_key(store):
+    def hook(act, hook):
+        store["activation"] = act.detach()
+
+    return hook
+
+
+def caching_hook_first_row(store):
+    def hook(act, hook):
+        store[hook.name] = act[0].detach()
+
+    return hook
+
+
+# ---- 2. zero-ablation hook ------------------------------------------------------------------
+def run_head_hook(impl, ctx):
+    tokens = _random_tokens(ctx, ctx.case["batch"], ctx.case["pos"])
+    out = {}
+    with torch.no_grad():
+        for layer, head in ctx.case["heads"]:
+            hook = functools.partial(impl, head=head)
+            if "mean" in ctx.case:
+                _, cache = model().run_with_cache(_random_tokens(ctx, 16, ctx.case["pos"]), names_filter=f"blocks.{layer}.attn.hook_z")
+                hook = functools.partial(impl, head=head, mean_z=cache["z", layer].mean(0))
+            logits = ctx.call(model().run_with_hooks, tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
+            out[f"logits with L{layer}H{head} ablated"] = logits
+    return out
+
+
+def zero_wrong_axis(z, hook, head):
+    z = z.clone()
+    z[:, head] = 0.0
+    return z
+
+
+def zero_all_but_head(z, hook, head):
+    keep = torch.zeros(z.shape[2], dtype=torch.bool)
+    keep[head] = True
+    return z * keep[None, None, :, None]
+
+
+def mean_ablation_zero(z, hook, head, mean_z):
+    return ref.zero_head_hook(z, hook, head)
+
+
+def mean_ablation_all_heads(z, hook, head, mean_z):
+    return mean_z[: z.shape[1]].expand_as(z).clone()
+
+
+# ---- 3-5. detectors -------------------------------------------------------------------------
+def run_prev_token(impl, ctx):
+    c = ctx.case
+    pattern = _random_pattern(ctx, c["batch"], c["heads"], c["n"])
+    return {"scores": ctx.call(impl, pattern)}
+
+
+def run_repeat_detector(impl, ctx):
+    c = ctx.case
+    pattern = _random_pattern(ctx, c["batch"], c["heads"], 1 + 2 * c["half_len"])
+    return {"scores": ctx.call(impl, pattern, c["half_len"])}
+
+
+def prev_same_position(pattern):
+    return pattern.diagonal(0, -2, -1).mean(dim=(0, -1))
+
+
+def prev_summed(pattern):
+    return pattern.diagonal(-1, -2, -1).sum(dim=(0, -1))
+
+
+def prev_per_batch(pattern):
+    return pattern.diagonal(-1, -2, -1).mean(-1)
+
+
+def dup_as_induction(pattern, half_len):
+    return ref.induction_scores(pattern, half_len)
+
+
+def dup_all_queries(pattern, half_len):
+    return pattern.diagonal(-half_len, -2, -1).mean(dim=(0, -1))
+
+
+def ind_as_duplicate(pattern, half_len):
+    return ref.duplicate_token_scores(pattern, half_len)
+
+
+def ind_all_queries(pattern, half_len):
+    return pattern.diagonal(-(half_len - 1), -2, -1).mean(dim=(0, -1))
+
+
+# ---- 6. per-token loss ----------------------------------------------------------------------
+def run_per_token_loss(impl, ctx):
+    c = ctx.case
+    logits = ctx.randn(c["batch"], c["pos"], c["vocab"], scale=2.0)
+    tokens = ctx.randint(c["vocab"], c["batch"], c["pos"])
+    return {"loss": ctx.call(impl, logits, tokens)}
+
+
+def ptl_no_shift(logits, tokens):
+    return -logits.log_softmax(-1).gather(-1, tokens[..., None])[..., 0]
+
+
+def ptl_sign(logits, tokens):
+    return logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]
+
+
+# ---- 7. induction scores through hooks ------------------------------------------------------
+def run_record_scores(impl, ctx):
+    c = ctx.case
+    tokens = ref.repeated_tokens(c["batch"], c["half_len"], model().cfg.d_vocab, seed=c["seed"])
+    with torch.no_grad():
+        scores = ctx.call(impl, model(), tokens, c["half_len"])
+    if any(hp._hooks for hp in model().hook_dict.values()):
+        model().reset_hooks()
+        raise LearnerError("your function left hooks on the model: use run_with_hooks (it removes them) or call model.reset_hooks()")
+    return {"scores": scores}
+
+
+def record_duplicate_scores(model_, tokens, half_len):
+    scores = torch.zeros(model_.cfg.n_layers, model_.cfg.n_heads)
+
+    def hook(pattern, hook):
+        scores[int(hook.name.split(".")[1])] = ref.duplicate_token_scores(pattern, half_len)
+
+    model_.run_with_hooks(tokens, fwd_hooks=[(lambda n: n.endswith("hook_pattern"), hook)])
+    return scores
+
+
+def record_from_scores_not_pattern(model_, tokens, half_len):
+    scores = torch.zeros(model_.cfg.n_layers, model_.cfg.n_heads)
+
+    def hook(attn_scores, hook):
+        finite = attn_scores.masked_fill(attn_scores.isinf(), 0.0)
+        scores[int(hook.name.split(".")[1])] = ref.induction_scores(finite, half_len)
+
+    model_.run_with_hooks(tokens, fwd_hooks=[(lambda n: n.endswith("hook_attn_scores"), hook)])
+    return scores
+
+
+# ---- 8. direct logit attribution ------------------------------------------------------------
+def run_dla(impl, ctx):
+    c = ctx.case
+    tokens = ref.repeated_tokens(c["batch"], c["half_len"], model().cfg.d_vocab, seed=c["seed"])
+    with torch.no_grad():
+        _, cache = model().run_with_cache(tokens)
+        return {"dla": ctx.call(impl, cache, model(), tokens)}
+
+
+def dla_no_scale(cache, model_, tokens):
+    ones = dict(cache)
+    ones["ln_final.hook_scale"] = torch.ones_like(cache["ln_final.hook_scale"])
+    return ref.head_logit_attribution(type(cache)(ones), model_, tokens)
+
+
+def dla_no_centering(cache, model_, tokens):
+    scale = cache["ln_final.hook_scale"][:, :-1]
+    directions = model_.unembed.W_U[:, tokens[:, 1:]]
+    out = []
+    for layer in range(model_.cfg.n_layers):
+        per_head = torch.einsum("bphd,hdm->hbpm", cache["z", layer][:, :-1], model_.blocks[layer].attn.W_O)
+        out.append(torch.einsum("hbpm,mbp->hbp", per_head / scale * model_.ln_final.w, directions))
+    return torch.stack(out)
+
+
+def dla_current_token(cache, model_, tokens):
+    shifted = torch.cat([tokens[:, :-1], tokens[:, -1:]], dim=1)  # target = the current token
+    shifted[:, 1:] = tokens[:, :-1]
+    return ref.head_logit_attribution(cache, model_, shifted)
+
+
+# ---- 10-13. circuits ------------------------------------------------------------------------
+def run_ov(impl, ctx):
+    layer, head = ctx.case["layer"], ctx.case["head"]
+    with torch.no_grad():
+        result = ctx.call(impl, model(), layer, head)
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise LearnerError("return the two factors as a tuple (A, B), with A @ B the full circuit")
+    A, B = result
+    if not (isinstance(A, Tensor) and isinstance(B, Tensor)) or A.shape[-1] != B.shape[0]:
+        raise LearnerError(f"A and B must be tensors with A @ B defined; got shapes {getattr(A, 'shape', A)} and {getattr(B, 'shape', B)}")
+    return {"A @ B": A @ B, "A": A}
+
+
+def ov_uses_query(model_, layer, head):
+    attn = model_.blocks[layer].attn
+    return model_.embed.W_E @ attn.W_Q[head], attn.W_O[head] @ model_.unembed.W_U
+
+
+def ov_no_embedding(model_, layer, head):
+    attn = model_.blocks[layer].attn
+    return attn.W_V[head], attn.W_O[head] @ model_.unembed.W_U
+
+
+def run_top1(impl, ctx):
+    c = ctx.case
+    M = ctx.randn(c["n"], c["n"]) + c["boost"] * torch.eye(c["n"]) * (ctx.randn(c["n"]) > 0).float()
+    value = ctx.call(impl, M)
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    return {"fraction": float(value) if isinstance(value, (int, float)) else value}
+
+
+def top1_columns(M):
+    return (M.argmax(dim=0) == torch.arange(M.shape[0])).float().mean().item()
+
+
+def top1_diag_above_mean(M):
+    return (M.diagonal() > M.mean(-1)).float().mean().item()
+
+
+def run_composition(impl, ctx):
+    c = ctx.case
+    A = ctx.randn(c["m"], c["r"]) @ ctx.randn(c["r"], c["m"])
+    B = ctx.randn(c["m"], c["r"]) @ ctx.randn(c["r"], c["m"])
+    value = ctx.call(impl, A, B)
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.reshape(())
+    return {"score": value}
+
+
+def comp_unnormalised(A, B):
+    return (A @ B).norm()
+
+
+def comp_spectral(A, B):
+    return torch.linalg.matrix_norm(A @ B, ord=2) / (torch.linalg.matrix_norm(A, ord=2) * torch.linalg.matrix_norm(B, ord=2))
+
+
+def run_kqk(impl, ctx):
+    with torch.no_grad():
+        result = ctx.call(impl, model(), ctx.case["prev"], ctx.case["head"])
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise LearnerError("return the two factors as a tuple (query_side, key_side_transposed)")
+    A, B = result
+    if not (isinstance(A, Tensor) and isinstance(B, Tensor)) or A.shape[-1] != B.shape[0]:
+        raise LearnerError(f"A and B must be tensors with A @ B defined; got shapes {getattr(A, 'shape', A)} and {getattr(B, 'shape', B)}")
+    return {"A @ B": A @ B}
+
+
+def kqk_without_prev_head(model_, prev_head, induction_head):
+    late = model_.blocks[1].attn
+    return model_.embed.W_E @ late.W_Q[induction_head], (model_.embed.W_E @ late.W_K[induction_head]).T
+
+
+def kqk_query_side_composed(model_, prev_head, induction_head):
+    late = model_.blocks[1].attn
+    q = model_.embed.W_E @ ref.ov_matrix(model_, 0, prev_head) @ late.W_Q[induction_head]
+    return q, (model_.embed.W_E @ late.W_K[induction_head]).T
+
+
+# ---------------------------------------------------------------------------------------------
+_TOKENS = [dict(seed=31, batch=2, pos=12, describe="random tokens of shape (2, 12)"),
+           dict(seed=32, batch=3, pos=20, describe="random tokens of shape (3, 20)")]
+_REPEATS = [dict(seed=41, batch=4, half_len=8, describe="repeated random tokens [bos, x, x], x of 8 tokens, batch 4"),
+            dict(seed=42, batch=2, half_len=15, describe="repeated random tokens [bos, x, x], x of 15 tokens, batch 2")]
+
+EXERCISES = [
+    Exercise(
+        name="caching_hook", title="caching_hook", reference=ref.caching_hook, run=run_caching_hook, kind="function", cases=_TOKENS,
+        mistakes=[
+            Mistake("one key for everything", "every activation overwrote the same entry: store it under hook.name.", caching_hook_fixed_key),
+            Mistake("first sequence only", "you stored act[0]; keep the whole batch.", caching_hook_first_row),
+        ],
+        stuck="inside the hook: store[hook.name] = activation.detach(); return nothing.",
+    ),
+    Exercise(
+        name="zero_head_hook", title="zero_head_hook", reference=ref.zero_head_hook, run=run_head_hook, kind="function",
+        cases=[dict(t, heads=[(0, 1), (1, 2)]) for t in _TOKENS],
+        mistakes=[
+            Mistake("wrong axis", "z is [batch, pos, head, d_head]: the head axis is 2, so zero z[:, :, head].", zero_wrong_axis),
+            Mistake("kept only that head", "you zeroed every head except the chosen one; ablate just that head.", zero_all_but_head),
+        ],
+        stuck="z = z.clone(); z[:, :, head] = 0; return z.",
+    ),
+    Exercise(
+        name="prev_token_scores", title="prev_token_scores", reference=ref.prev_token_scores, run=run_prev_token, kind="function",
+        cases=[dict(seed=51, batch=2, heads=3, n=9, describe="random causal patterns (2, 3, 9, 9) [batch, head, q, k]"),
+               dict(seed=52, batch=4, heads=2, n=13, describe="random causal patterns (4, 2, 13, 13)")],
+        mistakes=[
+            Mistake("current token", "you took the main diagonal (attention to the same position); the previous token is one below it: diagonal(offset=-1).", prev_same_position),
+            Mistake("sum, not mean", "average over batch and positions instead of summing.", prev_summed),
+            Mistake("not averaged over the batch", "average over the batch too: one score per head.", prev_per_batch),
+        ],
+        stuck="pattern.diagonal(offset=-1, dim1=-2, dim2=-1) is [batch, head, pos - 1]; average over batch and positions.",
+    ),
+    Exercise(
+        name="duplicate_token_scores", title="duplicate_token_scores", reference=ref.duplicate_token_scores, run=run_repeat_detector, kind="function",
+        cases=[dict(seed=53, batch=2, heads=3, half_len=5, describe="random causal patterns (2, 3, 11, 11), half_len 5"),
+               dict(seed=54, batch=3, heads=2, half_len=8, describe="random causal patterns (3, 2, 17, 17), half_len 8")],
+        mistakes=[
+            Mistake("induction offset", "offset half_len - 1 is the *induction* position; the duplicate token sits exactly half_len back.", dup_as_induction),
+            Mistake("first-half queries included", "only queries in the second copy (positions > half_len) have a duplicate to look at; leave the others out.", dup_all_queries),
+        ],
+        stuck="diagonal(offset=-half_len); keep entries whose query is in the second copy; average.",
+    ),
+    Exercise(
+        name="induction_scores", title="induction_scores", reference=ref.induction_scores, run=run_repeat_detector, kind="function",
+        cases=[dict(seed=55, batch=2, heads=3, half_len=5, describe="random causal patterns (2, 3, 11, 11), half_len 5"),
+               dict(seed=56, batch=3, heads=2, half_len=8, describe="random causal patterns (3, 2, 17, 17), half_len 8")],
+        mistakes=[
+            Mistake("duplicate offset", "offset half_len is the duplicate token itself; an induction head attends to the token *after* it: offset half_len - 1.", ind_as_duplicate),
+            Mistake("first-half queries included", "only queries in the second copy (positions > half_len) count; the first copy has nothing to induct from.", ind_all_queries),
+        ],
+        stuck="diagonal(offset=-(half_len - 1)); entry j is query j + half_len - 1; keep queries > half_len; average over batch and those queries.",
+    ),
+    Exercise(
+        name="per_token_loss", title="per_token_loss", reference=ref.per_token_loss, run=run_per_token_loss, kind="function",
+        cases=[dict(seed=61, batch=2, pos=7, vocab=11, describe="logits (2, 7, 11), tokens (2, 7)"),
+               dict(seed=62, batch=3, pos=10, vocab=19, describe="logits (3, 10, 19), tokens (3, 10)")],
+        mistakes=[
+            Mistake("no shift", "position i predicts token i + 1: use logits[:, :-1] against tokens[:, 1:].", ptl_no_shift),
+            Mistake("sign", "the loss is the *negative* log-probability.", ptl_sign),
+        ],
+        stuck="-logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0].",
+    ),
+    Exercise(
+        name="record_induction_scores", title="record_induction_scores", reference=ref.record_induction_scores, run=run_record_scores, kind="function",
+        uses="induction_scores", cases=_REPEATS,
+        mistakes=[
+            Mistake("duplicate scores", "you recorded duplicate-token scores; use induction_scores (offset half_len - 1).", record_duplicate_scores),
+            Mistake("scores, not pattern", "hook hook_pattern (after the softmax), not hook_attn_scores.", record_from_scores_not_pattern),
+        ],
+        stuck="a hook on every name ending in 'hook_pattern' (a filter function as the name); the layer is int(hook.name.split('.')[1]).",
+    ),
+    Exercise(
+        name="head_logit_attribution", title="head_logit_attribution", reference=ref.head_logit_attribution, run=run_dla, kind="function",
+        cases=_REPEATS, atol=1e-3, rtol=1e-3,
+        mistakes=[
+            Mistake("LayerNorm scale ignored", "divide each head's output by the final LayerNorm's scale (cache['ln_final.hook_scale']): that is what the logits saw.", dla_no_scale),
+            Mistake("not centred", "LayerNorm subtracts the mean over d_model first: centre each head's output before dividing by the scale.", dla_no_centering),
+            Mistake("current token", "attribute to the logit of the *next* token, tokens[:, 1:], not the current one.", dla_current_token),
+        ],
+        stuck="out = einsum(z, W_O) per head; centre over d_model; / scale * ln_final.w; dot with W_U[:, tokens[:, 1:]].",
+    ),
+    Exercise(
+        name="mean_ablation_hook", title="mean_ablation_hook", reference=ref.mean_ablation_hook, run=run_head_hook, kind="function",
+        cases=[dict(t, heads=[(0, 0), (1, 3)], mean=True) for t in _TOKENS],
+        mistakes=[
+            Mistake("zero instead of mean", "you zeroed the head; mean ablation replaces it with mean_z[:, head] (its average output).", mean_ablation_zero),
+            Mistake("every head replaced", "only the chosen head should be replaced: z[:, :, head] = mean_z[:seq_len, head].", mean_ablation_all_heads),
+        ],
+        stuck="z = z.clone(); z[:, :, head] = mean_z[: z.shape[1], head]; return z.",
+    ),
+    Exercise(
+        name="ov_circuit", title="ov_circuit", reference=ref.ov_circuit, run=run_ov, kind="function",
+        cases=[dict(seed=71, layer=1, head=0, describe="layer 1, head 0"), dict(seed=72, layer=0, head=2, describe="layer 0, head 2")],
+        mistakes=[
+            Mistake("W_Q instead of W_V", "the OV circuit uses the value weights W_V, not W_Q.", ov_uses_query),
+            Mistake("no embedding", "start from the tokens: A = W_E @ W_V[head], so the circuit maps tokens to logits.", ov_no_embedding),
+        ],
+        stuck="A = model.embed.W_E @ attn.W_V[head]; B = attn.W_O[head] @ model.unembed.W_U.",
+    ),
+    Exercise(
+        name="top1_diagonal", title="top1_diagonal_fraction", reference=ref.top1_diagonal_fraction, run=run_top1, kind="function",
+        cases=[dict(seed=73, n=12, boost=3.0, describe="a random 12 x 12 matrix with a boosted diagonal in some rows"),
+               dict(seed=74, n=30, boost=2.0, describe="a random 30 x 30 matrix with a boosted diagonal in some rows")],
+        mistakes=[
+            Mistake("columns", "take the argmax of each *row* (dim=-1): for source token i, which output is largest?", top1_columns),
+            Mistake("above the mean", "count rows whose *largest* entry is on the diagonal, not rows where the diagonal beats the mean.", top1_diag_above_mean),
+        ],
+        stuck="(M.argmax(dim=-1) == torch.arange(len(M))).float().mean().item().",
+    ),
+    Exercise(
+        name="composition_score", title="composition_score", reference=ref.composition_score, run=run_composition, kind="function",
+        cases=[dict(seed=75, m=16, r=4, describe="two random rank-4 16 x 16 matrices"),
+               dict(seed=76, m=24, r=6, describe="two random rank-6 24 x 24 matrices")],
+        mistakes=[
+            Mistake("not normalised", "divide by ||W_A||_F ||W_B||_F so the score lies in [0, 1].", comp_unnormalised),
+            Mistake("spectral norm", "use Frobenius norms (tensor.norm()), as Elhage et al. do.", comp_spectral),
+        ],
+        stuck="(W_A @ W_B).norm() / (W_A.norm() * W_B.norm()).",
+    ),
+    Exercise(
+        name="k_composed_qk", title="k_composed_qk_circuit", reference=ref.k_composed_qk_circuit, run=run_kqk, kind="function",
+        cases=[dict(seed=77, prev=0, head=1, describe="previous-token head 0, layer-1 head 1"),
+               dict(seed=78, prev=1, head=3, describe="previous-token head 1, layer-1 head 3")],
+        mistakes=[
+            Mistake("previous-token head left out", "the keys see the *previous* token through the layer-0 head: insert its W_OV on the key side.", kqk_without_prev_head),
+            Mistake("composed on the query side", "that is Q-composition; the previous-token head's output enters the induction head's *keys*.", kqk_query_side_composed),
+        ],
+        stuck="query side W_E @ W_Q[h]; key side W_E @ W_OV(prev head) @ W_K[h]; return (query_side, key_side.T).",
+    ),
+]
