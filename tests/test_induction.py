@@ -101,7 +101,7 @@ def test_direct_logit_attribution_adds_up_to_the_logits(model):
         rest = rest + sum(block.attn.b_O for block in model.blocks)
         rest = (rest - rest.mean(-1, keepdim=True)) / scale * model.ln_final.w
         W = model.unembed.W_U[:, tokens[:, 1:]]  # [d_model, batch, pos - 1]
-        other = torch.einsum("bpm,mbp->bp", rest, W) + (model.ln_final.b @ W) + model.unembed.b_U[tokens[:, 1:]]
+        other = torch.einsum("bpm,mbp->bp", rest, W) + torch.einsum("m,mbp->bp", model.ln_final.b, W) + model.unembed.b_U[tokens[:, 1:]]
         target = logits[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
     torch.testing.assert_close(heads.sum(dim=(0, 1)) + other, target, atol=1e-4, rtol=1e-4)
     # And the induction heads carry most of the correct-token logit on the second copy.
