@@ -108,3 +108,19 @@ def test_direct_logit_attribution_adds_up_to_the_logits(model):
     scores = ind.all_head_scores(model, half_len=20)
     best = int(scores["induction"][1].argmax())
     assert heads[1, best, :, 11:].mean() > heads[0, :, :, 11:].mean(dim=-1).max()
+
+
+@pytest.mark.slow
+def test_live_training_shows_the_phase_change_and_the_control_does_not():
+    """What chapter 2's training cell promises, with its exact settings."""
+    _, two = ind.train_induction_model(n_layers=2, steps=1500, seed=0, progress=False)
+    _, one = ind.train_induction_model(n_layers=1, steps=1500, seed=0, progress=False)
+    assert two["repeat_loss"][0] > 3.5 and two["repeat_loss"][-1] < 2.0
+    assert two["induction"][-1] > 0.5 and two["prev_token"][-1] > 0.3
+    # A plateau, then a jump: flat for the first 500 steps, then both scores rise in the same window.
+    early = [i for i, s in enumerate(two["step"]) if s <= 500]
+    assert max(two["induction"][i] for i in early) < 0.15
+    jump = next(i for i, v in enumerate(two["induction"]) if v > 0.3)
+    assert two["prev_token"][jump] > 2 * two["prev_token"][0]
+    # The 1-layer control cannot compose heads, so it cannot predict the second copy.
+    assert one["repeat_loss"][-1] > 3.0 and one["induction"][-1] < 0.2
