@@ -113,7 +113,7 @@ def learner_traceback(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def preserved_state() -> Iterator[None]:
-    """Leave global RNG state, grad mode and default dtype exactly as they were."""
+    """Leave global RNG state, grad mode, default dtype and thread count exactly as they were."""
     py_state = random.getstate()
     np_state = None
     np = sys.modules.get("numpy")
@@ -121,6 +121,9 @@ def preserved_state() -> Iterator[None]:
         np_state = np.random.get_state()
     grad = torch.is_grad_enabled()
     dtype = torch.get_default_dtype()
+    threads = torch.get_num_threads()
+    # Check inputs are tiny: one thread is faster, and far faster on a busy machine.
+    torch.set_num_threads(1)
     with torch.random.fork_rng(devices=[]):
         try:
             yield
@@ -130,6 +133,7 @@ def preserved_state() -> Iterator[None]:
                 np.random.set_state(np_state)
             torch.set_grad_enabled(grad)
             torch.set_default_dtype(dtype)
+            torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,399 @@
+"""Chapter 3 exercises: toy models of superposition."""
+
+from __future__ import annotations
+
+import math
+
+import einops
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from utils import toy_models as ref
+from utils.checks import Exercise, LearnerError, Mistake
+from utils.checks.core import _matching_mistake, describe_difference, fail
+from utils.toy_models import ToyConfig
+
+CFG_A = ToyConfig(n_instances=3, n_features=5, n_hidden=2)
+CFG_B = ToyConfig(n_instances=2, n_features=8, n_hidden=3)
+
+
+def _sparse_x(ctx, batch, cfg, p=0.4):
+    values = ctx.randn(batch, cfg.n_instances, cfg.n_features).abs().clamp(max=1.0)
+    return values * (ctx.randn(batch, cfg.n_instances, cfg.n_features) > math.sqrt(2) * torch.erfinv(torch.tensor(1 - 2 * p)))
+
+
+# ---- 1. generate_batch (judged statistically) ---------------------------------------------
+N_BATCH = 4000
+
+
+def run_generate_batch(impl, ctx):
+    c = ctx.case
+    p = torch.tensor(c["p"])
+    ctx.seed_globals()
+    batch = ctx.call(impl, N_BATCH, p, c["n_features"])
+    return {"batch": batch, "p": p}
+
+
+def _presence_correlation(batch: Tensor) -> float:
+    """Mean correlation between the presence of feature 0 and 1, over instances where both vary."""
+    present = (batch > 0).float()
+    corrs = []
+    for inst in range(batch.shape[1]):
+        a, b = present[:, inst, 0], present[:, inst, 1]
+        if a.std() > 0.05 and b.std() > 0.05:
+            corrs.append(float(((a - a.mean()) * (b - b.mean())).mean() / (a.std() * b.std())))
+    return max(corrs) if corrs else 0.0
+
+
+def judge_generate_batch(exercise, outputs, references, mistakes):
+    for i, (case, got, want) in enumerate(zip(exercise.cases, outputs, references)):
+        batch, p = got.get("batch"), want["p"]
+        expected_shape = tuple(want["batch"].shape)
+        if not isinstance(batch, Tensor) or tuple(batch.shape) != expected_shape:
+            problem = describe_difference("your batch", batch, want["batch"], 0, 0) or "wrong output"
+        elif not batch.is_floating_point():
+            problem = f"your batch has dtype {batch.dtype}; feature values are floats"
+        elif batch.min() < 0 or batch.max() > 1:
+            problem = f"feature values must lie in [0, 1], yours range from {batch.min():.2f} to {batch.max():.2f}"
+        else:
+            problem = None
+            density = (batch > 0).float().mean(dim=(0, 2))
+            n = batch.shape[0] * batch.shape[2]
+            for inst, (d, q) in enumerate(zip(density.tolist(), p.tolist())):
+                if abs(d - q) > 5 * math.sqrt(q * (1 - q) / n) + 0.01:
+                    problem = f"in instance {inst}, {d:.1%} of features are present; expected {q:.1%} (feature_probability[{inst}])"
+                    break
+            if problem is None:
+                nonzero = batch[batch > 0]
+                if abs(nonzero.mean() - 0.5) > 0.02 or abs(nonzero.std() - 0.2887) > 0.02:
+                    problem = (f"present features should take values from U[0, 1] (mean 0.50, std 0.29); "
+                               f"yours have mean {nonzero.mean():.2f}, std {nonzero.std():.2f}")
+                elif _presence_correlation(batch) > 0.3:
+                    problem = "features are present or absent together; each feature must be drawn independently"
+        if problem:
+            fail(exercise, case, problem, _matching_mistake(exercise, got, want, {}, i))
+
+
+def gb_no_mask(n_batch, feature_probability, n_features):
+    return torch.rand(n_batch, feature_probability.shape[0], n_features)
+
+
+def gb_inverted(n_batch, feature_probability, n_features):
+    x = torch.rand(n_batch, feature_probability.shape[0], n_features)
+    return x * (torch.rand_like(x) > feature_probability[:, None])
+
+
+def gb_gaussian(n_batch, feature_probability, n_features):
+    x = torch.randn(n_batch, feature_probability.shape[0], n_features)
+    return x * (torch.rand_like(x) < feature_probability[:, None])
+
+
+def gb_shared_mask(n_batch, feature_probability, n_features):
+    x = torch.rand(n_batch, feature_probability.shape[0], n_features)
+    return x * (torch.rand(n_batch, feature_probability.shape[0], 1) < feature_probability[:, None])
+
+
+def _density_near(batch, target):
+    if not isinstance(batch, Tensor) or batch.ndim != 3:
+        return False
+    return bool(((batch > 0).float().mean(dim=(0, 2)) - target).abs().max() < 0.03)
+
+
+# ---- 2. ToyModel.forward, 10. HiddenReluModel.forward ------------------------------------
+def run_toy_forward(impl, ctx):
+    c = ctx.case
+    model = ctx.make(impl, c["cfg"])
+    x = _sparse_x(ctx, c["batch"], c["cfg"])
+    return {"out": ctx.call(model, x)}
+
+
+class ToyNoRelu(ref.ToyModel):
+    def forward(self, x):
+        h = einops.einsum(x, self.W, "b i f, i h f -> b i h")
+        return einops.einsum(h, self.W, "b i h, i h f -> b i f") + self.b_final
+
+
+class ToyNoBias(ref.ToyModel):
+    def forward(self, x):
+        h = einops.einsum(x, self.W, "b i f, i h f -> b i h")
+        return F.relu(einops.einsum(h, self.W, "b i h, i h f -> b i f"))
+
+
+class ToyHiddenRelu(ref.ToyModel):
+    def forward(self, x):
+        h = F.relu(einops.einsum(x, self.W, "b i f, i h f -> b i h"))
+        return F.relu(einops.einsum(h, self.W, "b i h, i h f -> b i f") + self.b_final)
+
+
+class HiddenReluWithoutHiddenRelu(ref.HiddenReluModel):
+    def forward(self, x):
+        return ToyModelForward(self, x)
+
+
+def ToyModelForward(model, x):  # the plain ReLU-output forward, on any model with W and b_final
+    h = einops.einsum(x, model.W, "b i f, i h f -> b i h")
+    return F.relu(einops.einsum(h, model.W, "b i h, i h f -> b i f") + model.b_final)
+
+
+class HiddenReluNoOutputRelu(ref.HiddenReluModel):
+    def forward(self, x):
+        h = F.relu(einops.einsum(x, self.W, "b i f, i h f -> b i h"))
+        return einops.einsum(h, self.W, "b i h, i h f -> b i f") + self.b_final
+
+
+# ---- 3. loss, 4. training step --------------------------------------------------------------
+def run_loss(impl, ctx):
+    c = ctx.case
+    x = _sparse_x(ctx, c["batch"], c["cfg"])
+    out = x + 0.3 * ctx.randn(*x.shape)
+    importance = 0.8 ** torch.arange(c["cfg"].n_features, dtype=torch.float32)
+    importance = importance * (1 + torch.arange(c["cfg"].n_instances)[:, None])  # differs per instance too
+    loss = ctx.call(impl, out, x, importance)
+    if isinstance(loss, Tensor) and loss.numel() == 1:
+        loss = loss.reshape(())
+    return {"loss": loss}
+
+
+def loss_no_importance(out, x, importance):
+    return ((x - out) ** 2).mean(dim=(0, 2)).sum()
+
+
+def loss_mean_instances(out, x, importance):
+    return (importance * (x - out) ** 2).mean()
+
+
+def loss_sum_batch(out, x, importance):
+    return (importance * (x - out) ** 2).sum(0).mean(-1).sum()
+
+
+def run_toy_step(impl, ctx):
+    c = ctx.case
+    model = ref.ToyModel(c["cfg"], seed=c["seed"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    importance = 0.9 ** torch.arange(c["cfg"].n_features, dtype=torch.float32)
+    losses = []
+    for _ in range(3):
+        x = _sparse_x(ctx, 16, c["cfg"])
+        loss = ctx.call(impl, model, optimizer, x, importance)
+        if isinstance(loss, Tensor) and loss.numel() == 1:
+            loss = loss.item()
+        if not isinstance(loss, (int, float)):
+            raise LearnerError(f"train_toy_step should return the loss as a number (loss.item()), got {type(loss).__name__}")
+        losses.append(float(loss))
+    return {"losses": torch.tensor(losses), "W": model.W.detach().clone()}
+
+
+def step_no_zero_grad(model, optimizer, x, importance):
+    loss = ref.importance_weighted_loss(model(x), x, importance)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def step_no_step(model, optimizer, x, importance):
+    loss = ref.importance_weighted_loss(model(x), x, importance)
+    optimizer.zero_grad()
+    loss.backward()
+    return loss.item()
+
+
+# ---- 5-9, 11. measurements ------------------------------------------------------------------
+def run_on_W(impl, ctx):
+    c = ctx.case
+    W = ctx.randn(c["inst"], c["hid"], c["feat"]) * c.get("scale", 1.0)
+    if c.get("sparse_rows"):
+        W = W * (ctx.randn(c["inst"], 1, c["feat"]) > 0)  # some features unrepresented
+    value = ctx.call(impl, W)
+    return {"value": value}
+
+
+def norms_wrong_axis(W):
+    return W.norm(dim=2)
+
+
+def norms_squared(W):
+    return (W**2).sum(1)
+
+
+def gram_hidden(W):
+    return einops.einsum(W, W, "i h1 f, i h2 f -> i h1 h2")
+
+
+def gram_no_instances(W):
+    return einops.einsum(W, W, "i h f1, j h f2 -> i f1 f2") / W.shape[0]
+
+
+def sup_includes_self(W):
+    unit = W / (W.norm(dim=1, keepdim=True) + 1e-6)
+    return (einops.einsum(unit, W, "i h a, i h b -> i a b") ** 2).sum(-1)
+
+
+def sup_not_normalised(W):
+    overlaps = einops.einsum(W, W, "i h a, i h b -> i a b") ** 2
+    return overlaps.sum(-1) - overlaps.diagonal(dim1=-2, dim2=-1)
+
+
+def dim_not_normalised(W):
+    overlaps = einops.einsum(W, W, "i h a, i h b -> i a b") ** 2
+    return W.norm(dim=1) ** 2 / overlaps.sum(-1)
+
+
+def dim_excludes_self(W):
+    unit = W / (W.norm(dim=1, keepdim=True) + 1e-6)
+    overlaps = einops.einsum(unit, W, "i h a, i h b -> i a b") ** 2
+    return W.norm(dim=1) ** 2 / (overlaps.sum(-1) - overlaps.diagonal(dim1=-2, dim2=-1)).clamp_min(1e-12)
+
+
+def run_phase(impl, ctx):
+    c = ctx.case
+    W = ctx.randn(c["inst"], 1, 2) * 0.8
+    codes = ctx.call(impl, W)
+    return {"codes": codes}
+
+
+def phase_signed(W, threshold=0.5):
+    represented = W[:, 0, :] > threshold
+    codes = torch.full((W.shape[0],), -1, dtype=torch.long)
+    codes[represented[:, 0] & ~represented[:, 1]] = 0
+    codes[~represented[:, 0] & represented[:, 1]] = 1
+    codes[represented[:, 0] & represented[:, 1]] = 2
+    return codes
+
+
+def phase_swapped(W, threshold=0.5):
+    codes = ref.one_neuron_phase(W, threshold)
+    return torch.where(codes == 0, 1, torch.where(codes == 1, 0, codes))
+
+
+def poly_signed(W, purity=0.9, alive=0.1):
+    energy = W**2
+    total = energy.sum(-1)
+    poly = (energy.max(-1).values / total.clamp_min(1e-12) < purity) & (total.sqrt() > alive)
+    live = total.sqrt() > alive
+    return poly.sum(-1).float() / live.sum(-1).clamp_min(1).float()
+
+
+def poly_over_features(W, purity=0.9, alive=0.1):
+    return ref.polysemantic_fraction(W.transpose(1, 2), purity, alive)
+
+
+# ---------------------------------------------------------------------------------------------
+_W_CASES = [dict(seed=81, inst=3, hid=2, feat=5, describe="W of shape (3, 2, 5) [instances, hidden, features]"),
+            dict(seed=82, inst=2, hid=4, feat=9, sparse_rows=True, describe="W of shape (2, 4, 9), some features zeroed")]
+
+EXERCISES = [
+    Exercise(
+        name="generate_batch", title="generate_batch", reference=ref.generate_batch, run=run_generate_batch, kind="function",
+        judge=judge_generate_batch,
+        cases=[dict(seed=91, p=[1.0, 0.5, 0.1], n_features=6, describe=f"{N_BATCH} samples, feature_probability [1.0, 0.5, 0.1], 6 features"),
+               dict(seed=92, p=[0.3, 0.05], n_features=10, describe=f"{N_BATCH} samples, feature_probability [0.3, 0.05], 10 features")],
+        mistakes=[
+            Mistake("no sparsity", "every feature is always present: multiply the values by a mask `torch.rand(...) < feature_probability`.", gb_no_mask,
+                    detect=lambda got, want: _density_near(got["batch"], torch.ones_like(want["p"])) and not bool((want["p"] == 1).all())),
+            Mistake("inverted probability", "features are present with probability 1 - p: a feature is present when rand < p.", gb_inverted,
+                    detect=lambda got, want: _density_near(got["batch"], 1 - want["p"])),
+            Mistake("Gaussian values", "torch.randn gives negative values; feature values come from U[0, 1]: torch.rand.", gb_gaussian,
+                    detect=lambda got, want: isinstance(got["batch"], Tensor) and bool(got["batch"].min() < 0)),
+            Mistake("one mask per instance", "your mask has one entry per (sample, instance): draw it for every feature separately.", gb_shared_mask,
+                    detect=lambda got, want: isinstance(got["batch"], Tensor) and got["batch"].ndim == 3 and _presence_correlation(got["batch"]) > 0.3),
+        ],
+        stuck="values = torch.rand(n_batch, n_instances, n_features); mask = torch.rand(same shape) < feature_probability[:, None]; return values * mask.",
+    ),
+    Exercise(
+        name="toy_model", title="ToyModel", reference=ref.ToyModel, run=run_toy_forward,
+        cases=[dict(seed=93, cfg=CFG_A, batch=6, describe="x of shape (6, 3, 5) [batch, instances, features], random W and b_final"),
+               dict(seed=94, cfg=CFG_B, batch=4, describe="x of shape (4, 2, 8), random W and b_final")],
+        mistakes=[
+            Mistake("no ReLU", "the output is ReLU(W^T h + b_final): you left out the ReLU.", ToyNoRelu),
+            Mistake("no bias", "add b_final before the ReLU.", ToyNoBias),
+            Mistake("ReLU on the hidden layer", "this model is linear in the hidden layer (h = W x); the hidden ReLU is a different model (section 6).", ToyHiddenRelu),
+        ],
+        stuck="h = einsum(x, W, 'batch inst feat, inst hid feat -> batch inst hid'); out = einsum(h, W, 'batch inst hid, inst hid feat -> batch inst feat'); ReLU(out + b_final).",
+    ),
+    Exercise(
+        name="toy_loss", title="importance_weighted_loss", reference=ref.importance_weighted_loss, run=run_loss, kind="function",
+        cases=[dict(seed=95, cfg=CFG_A, batch=8, describe="out and x of shape (8, 3, 5), importance (3, 5)"),
+               dict(seed=96, cfg=CFG_B, batch=5, describe="out and x of shape (5, 2, 8), importance (2, 8)")],
+        mistakes=[
+            Mistake("importance ignored", "weight each feature's squared error by its importance.", loss_no_importance),
+            Mistake("mean over instances", "sum over instances (each instance is its own model); average over batch and features only.", loss_mean_instances),
+            Mistake("sum over the batch", "average over the batch; a sum makes the loss (and the step size) grow with the batch size.", loss_sum_batch),
+        ],
+        stuck="(importance * (x - out) ** 2).mean(dim=(0, 2)).sum().",
+    ),
+    Exercise(
+        name="toy_train_step", title="train_toy_step", reference=ref.train_toy_step, run=run_toy_step, kind="function",
+        uses="importance_weighted_loss", rtol=1e-3,
+        cases=[dict(seed=97, cfg=CFG_A, describe="3 AdamW steps (lr 1e-2) on a ToyModel with 3 instances, 5 features, 2 hidden"),
+               dict(seed=98, cfg=CFG_B, describe="3 AdamW steps (lr 1e-2) on a ToyModel with 2 instances, 8 features, 3 hidden")],
+        mistakes=[
+            Mistake("no zero_grad", "gradients accumulate across steps: call optimizer.zero_grad() before loss.backward().", step_no_zero_grad),
+            Mistake("no optimizer.step()", "the weights never change: call optimizer.step() after loss.backward().", step_no_step),
+        ],
+        stuck="loss = importance_weighted_loss(model(x), x, importance); zero_grad; backward; step; return loss.item().",
+    ),
+    Exercise(
+        name="feature_norms", title="feature_norms", reference=ref.feature_norms, run=run_on_W, kind="function", cases=_W_CASES,
+        mistakes=[
+            Mistake("wrong axis", "a feature's direction is a column W[:, :, i]: take the norm over the hidden axis (dim=1).", norms_wrong_axis),
+            Mistake("squared", "return the norm itself, not its square.", norms_squared),
+        ],
+        stuck="W.norm(dim=1).",
+    ),
+    Exercise(
+        name="gram", title="gram", reference=ref.gram, run=run_on_W, kind="function", cases=_W_CASES,
+        mistakes=[
+            Mistake("W W^T", "you computed W W^T ([hidden, hidden]); the feature-by-feature matrix is W^T W ([features, features]).", gram_hidden),
+            Mistake("mixed instances", "each instance is a separate model: keep the instance axis in both operands.", gram_no_instances),
+        ],
+        stuck="einops.einsum(W, W, 'inst hid f1, inst hid f2 -> inst f1 f2').",
+    ),
+    Exercise(
+        name="superposition", title="superposition", reference=ref.superposition, run=run_on_W, kind="function", cases=_W_CASES,
+        mistakes=[
+            Mistake("includes itself", "leave out j = i: a feature does not interfere with itself.", sup_includes_self),
+            Mistake("not normalised", "project onto the *unit* vector of feature i (divide W_i by its norm).", sup_not_normalised),
+        ],
+        stuck="unit = W / W.norm(dim=1, keepdim=True); overlaps[i, j] = (unit_i . W_j)^2; sum over j and subtract the diagonal.",
+    ),
+    Exercise(
+        name="feature_dimensionality", title="feature_dimensionality", reference=ref.feature_dimensionality, run=run_on_W, kind="function",
+        cases=_W_CASES, atol=1e-3, rtol=1e-3,
+        mistakes=[
+            Mistake("not normalised", "the denominator projects onto the *unit* vector of feature i: (W_i_hat . W_j)^2.", dim_not_normalised),
+            Mistake("self left out", "the denominator's sum includes j = i (that term is ||W_i||^2, so a lone feature gets D = 1).", dim_excludes_self),
+        ],
+        stuck="D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2, the sum including j = i.",
+    ),
+    Exercise(
+        name="one_neuron_phase", title="one_neuron_phase", reference=ref.one_neuron_phase, run=run_phase, kind="function",
+        cases=[dict(seed=99, inst=40, describe="W of shape (40, 1, 2): 40 one-neuron models of 2 features"),
+               dict(seed=100, inst=64, describe="W of shape (64, 1, 2)")],
+        mistakes=[
+            Mistake("sign", "a feature is represented whatever the sign of its weight: compare |W| with the threshold.", phase_signed),
+            Mistake("codes swapped", "code 0 means only feature 0 is represented, code 1 only feature 1.", phase_swapped),
+        ],
+        stuck="represented = W.abs()[:, 0, :] > threshold; then codes 0 / 1 / 2 / -1 from the two booleans.",
+    ),
+    Exercise(
+        name="hidden_relu_model", title="HiddenReluModel", reference=ref.HiddenReluModel, run=run_toy_forward,
+        cases=[dict(seed=101, cfg=CFG_A, batch=6, describe="x of shape (6, 3, 5), random W and b_final"),
+               dict(seed=102, cfg=CFG_B, batch=4, describe="x of shape (4, 2, 8), random W and b_final")],
+        mistakes=[
+            Mistake("no hidden ReLU", "the privileged-basis model applies a ReLU to the hidden layer: h = ReLU(W x).", HiddenReluWithoutHiddenRelu),
+            Mistake("no output ReLU", "keep the output ReLU too: ReLU(W^T h + b_final).", HiddenReluNoOutputRelu),
+        ],
+        stuck="h = ReLU(einsum(x, W)); out = ReLU(einsum(h, W) + b_final).",
+    ),
+    Exercise(
+        name="polysemantic_fraction", title="polysemantic_fraction", reference=ref.polysemantic_fraction, run=run_on_W, kind="function",
+        cases=[dict(seed=103, inst=4, hid=5, feat=10, describe="W of shape (4, 5, 10) [instances, neurons, features]"),
+               dict(seed=104, inst=3, hid=6, feat=6, sparse_rows=True, describe="W of shape (3, 6, 6), some features zeroed")],
+        mistakes=[
+            Mistake("negative weights counted", "behind a ReLU a negative weight only silences a neuron: measure purity on the positive weights (F.relu(W) ** 2).", poly_signed),
+            Mistake("features, not neurons", "the question is per *neuron* (a row W[:, j, :]): how many features does it respond to?", poly_over_features),
+        ],
+        stuck="energy = relu(W)**2; per neuron: top share = max over features / sum over features; polysemantic if share < purity among live neurons.",
+    ),
+]
