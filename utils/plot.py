@@ -1,10 +1,65 @@
-"""Small plotly helpers used across the chapters (each returns a figure; call ``.show()``)."""
+"""Small plotly helpers used across the chapters (each returns a figure; call ``.show()``).
+
+Importing this module also picks how ``fig.show()`` draws figures, in this one place
+(every chapter imports it in its first cell):
+
+* **Colab** (``google.colab`` imported): plotly's ``"colab"`` renderer.
+* **any other Jupyter kernel** (JupyterLab, Notebook, VS Code, nbclient/nbconvert):
+  ``"plotly_mimetype+notebook"``. Each figure goes out twice: as plotly's JSON mime type,
+  which JupyterLab and VS Code draw with their plotly extension, and as HTML. The
+  ``notebook`` part embeds plotly.js itself (about 5 MB, once per kernel, at the first
+  ``show()``) in the output, so a notebook exported with nbconvert (which only renders the
+  HTML) or opened later draws its figures without internet. plotly's own default in a
+  kernel is ``"plotly_mimetype"`` alone: exported HTML would show no figures.
+* **not in a kernel** (a script, pytest): plotly's own default, untouched.
+
+plotly's ``PLOTLY_RENDERER`` environment variable, when set, always wins; e.g.
+``PLOTLY_RENDERER=plotly_mimetype+notebook_connected`` loads plotly.js from its CDN
+instead, for smaller saved notebooks that draw only online.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 
 import plotly.graph_objects as go
+import plotly.io as pio
+
+JUPYTER_RENDERER = "plotly_mimetype+notebook"
+COLAB_RENDERER = "colab"
+
+
+def _in_kernel() -> bool:
+    """True inside a Jupyter kernel (not in a terminal IPython or a plain script)."""
+    ipython = sys.modules.get("IPython")  # never import IPython just to ask
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def choose_renderer(environ=None, modules=None, in_kernel=None) -> str | None:
+    """The renderer this environment should use, or None to keep plotly's choice."""
+    environ = os.environ if environ is None else environ
+    modules = sys.modules if modules is None else modules
+    if environ.get("PLOTLY_RENDERER"):
+        return None  # an explicit choice; plotly has already applied it
+    if "google.colab" in modules:
+        return COLAB_RENDERER
+    if _in_kernel() if in_kernel is None else in_kernel:
+        return JUPYTER_RENDERER
+    return None
+
+
+def configure_renderer() -> str:
+    """Set ``plotly.io.renderers.default`` for this environment; returns the default in use."""
+    choice = choose_renderer()
+    if choice is not None and pio.renderers.default != choice:
+        pio.renderers.default = choice
+    return pio.renderers.default
+
+
+configure_renderer()
 
 
 def loss_curve(log, baselines: dict[str, float] | None = None, title: str = "Training loss", smooth: int = 20) -> go.Figure:
