@@ -9,7 +9,6 @@ from torch import Tensor
 
 from utils import induction as ref
 from utils.checks import Exercise, LearnerError, Mistake
-from utils.transformer import lm_cross_entropy  # noqa: F401  (kept for learners reading this file)
 
 _MODEL = None
 
@@ -225,13 +224,18 @@ def dla_current_token(cache, model_, tokens):
 def run_ov(impl, ctx):
     layer, head = ctx.case["layer"], ctx.case["head"]
     with torch.no_grad():
-        result = ctx.call(impl, model(), layer, head)
+        A, B = _factors(ctx.call(impl, model(), layer, head))
+    return {"A @ B": A @ B, "A": A}
+
+
+def _factors(result) -> tuple[Tensor, Tensor]:
+    """Validate a learner's low-rank factorisation (A, B) of a circuit."""
     if not (isinstance(result, tuple) and len(result) == 2):
         raise LearnerError("return the two factors as a tuple (A, B), with A @ B the full circuit")
     A, B = result
     if not (isinstance(A, Tensor) and isinstance(B, Tensor)) or A.shape[-1] != B.shape[0]:
         raise LearnerError(f"A and B must be tensors with A @ B defined; got shapes {getattr(A, 'shape', A)} and {getattr(B, 'shape', B)}")
-    return {"A @ B": A @ B, "A": A}
+    return A, B
 
 
 def ov_uses_query(model_, layer, head):
@@ -281,12 +285,7 @@ def comp_spectral(A, B):
 
 def run_kqk(impl, ctx):
     with torch.no_grad():
-        result = ctx.call(impl, model(), ctx.case["prev"], ctx.case["head"])
-    if not (isinstance(result, tuple) and len(result) == 2):
-        raise LearnerError("return the two factors as a tuple (query_side, key_side_transposed)")
-    A, B = result
-    if not (isinstance(A, Tensor) and isinstance(B, Tensor)) or A.shape[-1] != B.shape[0]:
-        raise LearnerError(f"A and B must be tensors with A @ B defined; got shapes {getattr(A, 'shape', A)} and {getattr(B, 'shape', B)}")
+        A, B = _factors(ctx.call(impl, model(), ctx.case["prev"], ctx.case["head"]))
     return {"A @ B": A @ B}
 
 
