@@ -1,0 +1,507 @@
+"""Chapter 4 exercises: activation patching.
+
+Checks run on small random transformers built from the case's seed (so a hidden case with
+another seed gets another model and other prompts), with a symmetric corruption: one token per
+prompt differs between the clean and the corrupted run, as in the chapter's IOI prompts.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from utils import patching as ref
+from utils.checks import Exercise, LearnerError, Mistake
+from utils.transformer import Config, Transformer
+
+VOCAB = 24
+N_NAMES = 8  # token ids 0..7 play the names; the rest are "other words"
+
+
+def _model(ctx, n_layers=2, n_heads=3, attn_only=False) -> Transformer:
+    cfg = Config(d_vocab=VOCAB, n_ctx=16, d_model=24, n_heads=n_heads, d_head=8, d_mlp=48, n_layers=n_layers,
+                 attn_only=attn_only, init_range=0.4)
+    return Transformer(cfg, seed=int(torch.randint(0, 2**31, (1,), generator=ctx.gen))).eval()
+
+
+def _prompts(ctx, batch, pos):
+    """Random prompts with a repeated 'subject' S (at two positions) and an IO name once; the
+    corrupted prompt has IO at S's second position. Returns clean, corrupt, io, s, s2_pos."""
+    tokens = ctx.randint(VOCAB - N_NAMES, batch, pos) + N_NAMES
+    perm = torch.stack([torch.randperm(N_NAMES, generator=ctx.gen)[:2] for _ in range(batch)])
+    io, s = perm[:, 0], perm[:, 1]
+    s2 = pos - 3
+    first = torch.randperm(s2 - 1, generator=ctx.gen)[:2] + 1  # two distinct early positions
+    rows = torch.arange(batch)
+    tokens[rows, first[0]] = io
+    tokens[rows, first[1]] = s
+    tokens[rows, s2] = s
+    corrupt = tokens.clone()
+    corrupt[:, s2] = io
+    return tokens, corrupt, io, s, s2
+
+
+def _setup(ctx):
+    c = ctx.case
+    model = _model(ctx, c.get("layers", 2), c.get("heads", 3), c.get("attn_only", False))
+    clean, corrupt, io, s, _ = _prompts(ctx, c["batch"], c["pos"])
+    return model, clean, corrupt, ref.ld_metric(io, s)
+
+
+def _as_tensor(value, what: str) -> Tensor:
+    if isinstance(value, (int, float)):
+        return torch.tensor(float(value))
+    if not isinstance(value, Tensor):
+        raise LearnerError(f"{what} should be a tensor (or a number), got {type(value).__name__}")
+    return value.detach().reshape(()) if value.numel() == 1 else value.detach()
+
+
+# ---- 1. symmetric corruption ----------------------------------------------------------------
+def run_corruption(impl, ctx):
+    c = ctx.case
+    clean, _, io, s, _ = _prompts(ctx, c["batch"], c["pos"])
+    return {"corrupted tokens": ctx.call(impl, clean, io, s)}
+
+
+def corrupt_every_s(tokens, io, s):
+    return torch.where(tokens == s[:, None], io[:, None], tokens)
+
+
+def corrupt_first_s(tokens, io, s):
+    out = tokens.clone()
+    first = (tokens == s[:, None]).int().argmax(-1)
+    out[torch.arange(len(tokens)), first] = io
+    return out
+
+
+def corrupt_swap_names(tokens, io, s):
+    out = torch.where(tokens == s[:, None], io[:, None], tokens)
+    return torch.where(tokens == io[:, None], s[:, None], out)
+
+
+# ---- 2. logit difference --------------------------------------------------------------------
+def run_logit_diff(impl, ctx):
+    c = ctx.case
+    logits = ctx.randn(c["batch"], c["pos"], c["vocab"], scale=2.0)
+    perm = torch.stack([torch.randperm(c["vocab"], generator=ctx.gen)[:2] for _ in range(c["batch"])])
+    return {"logit_diff": ctx.call(impl, logits, perm[:, 0], perm[:, 1])}
+
+
+def ld_sign(logits, io, s):
+    return ref.logit_diff(logits, s, io)
+
+
+def ld_all_positions(logits, io, s):
+    rows = torch.arange(len(io))
+    return (logits[rows, :, io] - logits[rows, :, s]).mean(-1)
+
+
+def ld_probs(logits, io, s):
+    return ref.logit_diff(logits.softmax(-1), io, s)
+
+
+# ---- 3. normalised metric -------------------------------------------------------------------
+def run_normalised(impl, ctx):
+    c = ctx.case
+    ld_clean, ld_corrupt = c["clean"], c["corrupt"]
+    ld = ld_corrupt + (ld_clean - ld_corrupt) * (ctx.randn(c["n"]) * 0.6 + 0.5)
+    return {"normalised": ctx.call(impl, ld, ld_clean, ld_corrupt)}
+
+
+def norm_by_clean(ld, ld_clean, ld_corrupt):
+    return ld / ld_clean
+
+
+def norm_flipped(ld, ld_clean, ld_corrupt):
+    return (ld - ld_clean) / (ld_corrupt - ld_clean)
+
+
+# ---- 4-8. activation patching ---------------------------------------------------------------
+def run_patch(impl, ctx):
+    model, clean, corrupt, metric = _setup(ctx)
+    return {"patched metric": _as_tensor(ctx.call(impl, model, clean, corrupt, metric), "the result")}
+
+
+def run_patch_directions(impl, ctx):
+    model, clean, corrupt, metric = _setup(ctx)
+    return {f"direction={d!r}": _as_tensor(ctx.call(impl, model, clean, corrupt, metric, direction=d), "the result")
+            for d in ("denoise", "noise")}
+
+
+def _patch(model, target, cache, metric, name, index) -> float:
+    def hook(act, hook):
+        act = act.clone()
+        act[index] = cache[hook.name][index]
+        return act
+
+    return metric(model.run_with_hooks(target, fwd_hooks=[(name, hook)]))
+
+
+@torch.no_grad()
+def resid_all_positions(model, clean, corrupt, metric):
+    _, cache = model.run_with_cache(clean)
+    out = torch.zeros(model.cfg.n_layers, clean.shape[1])
+    for layer in range(model.cfg.n_layers):
+        out[layer] = _patch(model, corrupt, cache, metric, f"blocks.{layer}.hook_resid_pre", (slice(None),))
+    return out
+
+
+def resid_noising(model, clean, corrupt, metric):
+    return ref.patch_residual(model, clean, corrupt, metric, direction="noise")
+
+
+@torch.no_grad()
+def resid_post(model, clean, corrupt, metric):
+    _, cache = model.run_with_cache(clean)
+    out = torch.zeros(model.cfg.n_layers, clean.shape[1])
+    for layer in range(model.cfg.n_layers):
+        for pos in range(clean.shape[1]):
+            out[layer, pos] = _patch(model, corrupt, cache, metric, f"blocks.{layer}.hook_resid_post", (slice(None), pos))
+    return out
+
+
+@torch.no_grad()
+def blocks_all_positions(model, clean, corrupt, metric):
+    _, cache = model.run_with_cache(clean)
+    comps = ref.block_names(model)
+    out = torch.zeros(len(comps), model.cfg.n_layers, clean.shape[1])
+    for c, comp in enumerate(comps):
+        for layer in range(model.cfg.n_layers):
+            out[c, layer] = _patch(model, corrupt, cache, metric, f"blocks.{layer}.hook_{comp}", (slice(None),))
+    return out
+
+
+def blocks_noising(model, clean, corrupt, metric):
+    return ref.patch_block_outputs(model, clean, corrupt, metric, direction="noise")
+
+
+def heads_direction_ignored(model, clean, corrupt, metric, direction="denoise"):
+    return ref.patch_head_outputs(model, clean, corrupt, metric)
+
+
+def heads_directions_swapped(model, clean, corrupt, metric, direction="denoise"):
+    return ref.patch_head_outputs(model, clean, corrupt, metric, direction="noise" if direction == "denoise" else "denoise")
+
+
+@torch.no_grad()
+def heads_whole_layer(model, clean, corrupt, metric, direction="denoise"):
+    source, target = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
+    _, cache = model.run_with_cache(source)
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        out[layer] = _patch(model, target, cache, metric, f"blocks.{layer}.attn.hook_z", (slice(None),))
+    return out
+
+
+@torch.no_grad()
+def head_pos_all_positions(model, clean, corrupt, metric):
+    per_head = ref.patch_head_outputs(model, clean, corrupt, metric)
+    return per_head[..., None].expand(-1, -1, clean.shape[1]).clone()
+
+
+def head_pos_noising(model, clean, corrupt, metric):
+    return ref.patch_head_positions(model, clean, corrupt, metric, direction="noise")
+
+
+@torch.no_grad()
+def pattern_values(model, clean, corrupt, metric):
+    _, cache = model.run_with_cache(clean)
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        for head in range(model.cfg.n_heads):
+            out[layer, head] = _patch(model, corrupt, cache, metric, f"blocks.{layer}.attn.hook_v", (slice(None), slice(None), head))
+    return out
+
+
+@torch.no_grad()
+def pattern_whole_layer(model, clean, corrupt, metric):
+    _, cache = model.run_with_cache(clean)
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        out[layer] = _patch(model, corrupt, cache, metric, f"blocks.{layer}.attn.hook_pattern", (slice(None),))
+    return out
+
+
+# ---- 9. path patching -----------------------------------------------------------------------
+def run_path_patch(impl, ctx):
+    model, clean, corrupt, metric = _setup(ctx)
+    c = ctx.case
+    out = {}
+    for i, (senders, receivers, inp) in enumerate(c["paths"]):
+        value = ctx.call(impl, model, clean, corrupt, metric, senders, receivers, inp)
+        out[f"path {i}: {senders} -> {receivers if receivers is not None else 'logits'} ({inp})"] = _as_tensor(value, "path_patch's result")
+    return out
+
+
+@torch.no_grad()
+def path_no_freeze(model, clean, corrupt, metric, senders, receivers=None, receiver_input="q"):
+    _, clean_cache = model.run_with_cache(clean)
+
+    def patch_senders(z, hook):
+        layer = int(hook.name.split(".")[1])
+        z = z.clone()
+        for l, h in senders:
+            if l == layer:
+                z[:, :, h] = clean_cache[hook.name][:, :, h]
+        return z
+
+    hooks = [(lambda n: n.endswith("hook_z"), patch_senders)]
+    if receivers is None:
+        return metric(model.run_with_hooks(corrupt, fwd_hooks=hooks))
+    names = {f"blocks.{l}.attn.hook_{receiver_input}" for l, _ in receivers}
+    store = {}
+    model.run_with_hooks(corrupt, fwd_hooks=hooks + [(n, lambda a, hook: store.__setitem__(hook.name, a.clone())) for n in names])
+
+    def patch_receivers(act, hook):
+        act = act.clone()
+        for l, h in receivers:
+            if f"blocks.{l}.attn.hook_{receiver_input}" == hook.name:
+                act[:, :, h] = store[hook.name][:, :, h]
+        return act
+
+    return metric(model.run_with_hooks(corrupt, fwd_hooks=[(n, patch_receivers) for n in names]))
+
+
+def path_one_run(model, clean, corrupt, metric, senders, receivers=None, receiver_input="q"):
+    return ref.path_patch(model, clean, corrupt, metric, senders, None, receiver_input)
+
+
+@torch.no_grad()
+def path_receiver_outputs(model, clean, corrupt, metric, senders, receivers=None, receiver_input="q"):
+    if receivers is None:
+        return ref.path_patch(model, clean, corrupt, metric, senders, None)
+    _, clean_cache = model.run_with_cache(clean)
+    _, corrupt_cache = model.run_with_cache(corrupt)
+
+    def freeze(z, hook):
+        layer = int(hook.name.split(".")[1])
+        z = corrupt_cache[hook.name].clone()
+        for l, h in senders:
+            if l == layer:
+                z[:, :, h] = clean_cache[hook.name][:, :, h]
+        return z
+
+    store = {}
+    model.run_with_hooks(corrupt, fwd_hooks=[(lambda n: n.endswith("hook_z"), freeze)] +
+                         [(f"blocks.{l}.attn.hook_z", lambda a, hook: store.__setitem__(hook.name, a.clone())) for l, _ in receivers])
+
+    def patch(z, hook):
+        z = z.clone()
+        for l, h in receivers:
+            if f"blocks.{l}.attn.hook_z" == hook.name:
+                z[:, :, h] = store[hook.name][:, :, h]
+        return z
+
+    return metric(model.run_with_hooks(corrupt, fwd_hooks=[(f"blocks.{l}.attn.hook_z", patch) for l, _ in receivers]))
+
+
+# ---- 10. attribution patching ---------------------------------------------------------------
+def _z_and_grads(model, tokens, metric):
+    acts = {}
+
+    def keep(z, hook):
+        z.retain_grad()
+        acts[hook.name] = z
+
+    with torch.enable_grad():
+        metric(model.run_with_hooks(tokens, fwd_hooks=[(lambda n: n.endswith("hook_z"), keep)])).backward()
+    model.zero_grad(set_to_none=True)
+    return {k: (v.detach(), v.grad) for k, v in acts.items()}
+
+
+def _attribution(model, clean, corrupt, metric, at, delta):
+    at_run = _z_and_grads(model, clean if at == "clean" else corrupt, metric)
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean)
+        _, corrupt_cache = model.run_with_cache(corrupt)
+    out = []
+    for layer in range(model.cfg.n_layers):
+        name = f"blocks.{layer}.attn.hook_z"
+        dz = delta(clean_cache[name], corrupt_cache[name])
+        out.append((dz * at_run[name][1]).sum(dim=(0, 1, 3)))
+    return torch.stack(out)
+
+
+def attr_at_clean(model, clean, corrupt, metric):
+    return _attribution(model, clean, corrupt, metric, "clean", lambda c, k: c - k)
+
+
+def attr_no_difference(model, clean, corrupt, metric):
+    return _attribution(model, clean, corrupt, metric, "corrupt", lambda c, k: c)
+
+
+def attr_sign(model, clean, corrupt, metric):
+    return _attribution(model, clean, corrupt, metric, "corrupt", lambda c, k: k - c)
+
+
+def run_attribution(impl, ctx):
+    model, clean, corrupt, metric = _setup(ctx)
+    value = ctx.call(impl, model, clean, corrupt, metric)
+    if any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters()):
+        pass  # leftover parameter gradients do no harm to the result
+    return {"attribution": _as_tensor(value, "the result")}
+
+
+# ---- 11. circuit faithfulness ---------------------------------------------------------------
+def run_faithfulness(impl, ctx):
+    c = ctx.case
+    model = _model(ctx, c.get("layers", 2), c.get("heads", 3), c.get("attn_only", False))
+    clean, _, io, s, s2 = _prompts(ctx, c["batch"], c["pos"])
+    reference = clean.clone()
+    reference[:, s2] = ctx.randint(N_NAMES, c["batch"])  # a third name ("ABC")
+    reference = reference[torch.randperm(c["batch"], generator=ctx.gen)]
+    value = ctx.call(impl, model, clean, io, s, c["circuit"], reference)
+    return {"faithfulness": float(value) if isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1) else value}
+
+
+def _ablated_ld(model, tokens, io, s, ablate_head, replacement):
+    def hook(z, hook):
+        layer = int(hook.name.split(".")[1])
+        mask = torch.tensor([ablate_head(layer, h) for h in range(z.shape[2])])[None, None, :, None]
+        return torch.where(mask, replacement(hook.name, z), z)
+
+    with torch.no_grad():
+        logits = model.run_with_hooks(tokens, fwd_hooks=[(lambda n: n.endswith("hook_z"), hook)])
+        full = ref.logit_diff(model(tokens), io, s).mean().item()
+    return ref.logit_diff(logits, io, s).mean().item() / full
+
+
+def faith_zero(model, tokens, io, s, circuit, reference):
+    keep = {tuple(h) for h in circuit}
+    return _ablated_ld(model, tokens, io, s, lambda l, h: (l, h) not in keep, lambda name, z: torch.zeros_like(z))
+
+
+def faith_inverted(model, tokens, io, s, circuit, reference):
+    keep = {tuple(h) for h in circuit}
+    means = ref.mean_head_outputs(model, reference)
+    return _ablated_ld(model, tokens, io, s, lambda l, h: (l, h) in keep, lambda name, z: means[name][None].expand_as(z))
+
+
+def faith_position_mean(model, tokens, io, s, circuit, reference):
+    keep = {tuple(h) for h in circuit}
+    means = ref.mean_head_outputs(model, reference)
+    return _ablated_ld(model, tokens, io, s, lambda l, h: (l, h) not in keep,
+                       lambda name, z: means[name].mean(0)[None, None].expand_as(z))
+
+
+# ---------------------------------------------------------------------------------------------
+_SMALL = [dict(seed=401, batch=3, pos=8, describe="a random 2-layer model with MLPs (3 heads), 3 prompts of 8 tokens"),
+          dict(seed=402, batch=2, pos=10, layers=3, heads=2, attn_only=True,
+               describe="a random 3-layer attention-only model (2 heads), 2 prompts of 10 tokens")]
+_PATHS = [[([(0, 0)], [(1, 1)], "q"), ([(0, 1), (0, 2)], [(1, 0)], "v"), ([(0, 2)], None, "q")],
+          [([(0, 0)], [(2, 1)], "q"), ([(0, 1)], [(2, 0), (2, 1)], "k"), ([(1, 0)], None, "q")]]
+
+EXERCISES = [
+    Exercise(
+        name="symmetric_corruption", title="symmetric_corruption", reference=ref.symmetric_corruption, run=run_corruption,
+        kind="function",
+        cases=[dict(seed=411, batch=4, pos=9, describe="4 prompts of 9 tokens, S twice, IO once"),
+               dict(seed=412, batch=6, pos=14, describe="6 prompts of 14 tokens, S twice, IO once")],
+        mistakes=[
+            Mistake("every S replaced", "replace only the *second* mention of S; changing both removes the repeated name altogether.", corrupt_every_s),
+            Mistake("first S replaced", "you replaced the first mention of S (S1); the symmetric corruption replaces the second one (S2).", corrupt_first_s),
+            Mistake("names swapped everywhere", "change exactly one token (S2 -> IO); swapping every IO and S changes three positions.", corrupt_swap_names),
+        ],
+        stuck="is_s = tokens == s[:, None]; the last True in each row is S2 (e.g. torch.where(is_s, arange, -1).max(-1)); clone, then set it to io.",
+    ),
+    Exercise(
+        name="ioi_logit_diff", title="logit_diff", reference=ref.logit_diff, run=run_logit_diff, kind="function",
+        cases=[dict(seed=421, batch=4, pos=6, vocab=11, describe="logits (4, 6, 11), io and s of shape (4,)"),
+               dict(seed=422, batch=7, pos=3, vocab=20, describe="logits (7, 3, 20), io and s of shape (7,)")],
+        mistakes=[
+            Mistake("sign", "the metric is logit(IO) - logit(S): positive when the model prefers the right name.", ld_sign),
+            Mistake("every position", "use the last position only (logits[:, -1]): that is where the model predicts the name.", ld_all_positions),
+            Mistake("probabilities", "take the difference of logits, not of softmax probabilities.", ld_probs),
+        ],
+        stuck="last = logits[:, -1]; last.gather(-1, io[:, None])[:, 0] - last.gather(-1, s[:, None])[:, 0].",
+    ),
+    Exercise(
+        name="normalised_metric", title="normalised_metric", reference=ref.normalised_metric, run=run_normalised, kind="function",
+        cases=[dict(seed=431, n=5, clean=3.2, corrupt=-2.9, describe="5 logit differences, clean 3.2, corrupted -2.9"),
+               dict(seed=432, n=9, clean=1.5, corrupt=0.4, describe="9 logit differences, clean 1.5, corrupted 0.4")],
+        mistakes=[
+            Mistake("divided by the clean value", "subtract the corrupted baseline first: (ld - ld_corrupt) / (ld_clean - ld_corrupt).", norm_by_clean),
+            Mistake("flipped", "the corrupted run should score 0 and the clean run 1, not the other way round.", norm_flipped),
+        ],
+        stuck="(ld - ld_corrupt) / (ld_clean - ld_corrupt).",
+    ),
+    Exercise(
+        name="patch_residual", title="patch_residual", reference=ref.patch_residual, run=run_patch, kind="function",
+        uses="ioi_logit_diff", cases=_SMALL,
+        mistakes=[
+            Mistake("every position at once", "patch one position at a time: resid[:, pos] only, not the whole residual stream.", resid_all_positions),
+            Mistake("noising", "this is denoising: run the *corrupted* tokens and patch in activations cached from the *clean* run.", resid_noising),
+            Mistake("resid_post", "patch blocks.{layer}.hook_resid_pre (the stream entering layer `layer`), not hook_resid_post.", resid_post),
+        ],
+        stuck="cache the clean run; for each layer and position, run the corrupted tokens with a hook on blocks.{layer}.hook_resid_pre that copies cache[name][:, pos] into resid[:, pos].",
+    ),
+    Exercise(
+        name="patch_block_outputs", title="patch_block_outputs", reference=ref.patch_block_outputs, run=run_patch, kind="function",
+        cases=_SMALL,
+        mistakes=[
+            Mistake("every position at once", "patch one position at a time: act[:, pos] only.", blocks_all_positions),
+            Mistake("noising", "this is denoising: run the *corrupted* tokens and patch in the *clean* block outputs.", blocks_noising),
+        ],
+        stuck="components: hook_attn_out, then hook_mlp_out unless model.cfg.attn_only; for each, each layer, each position: one run with one hook.",
+    ),
+    Exercise(
+        name="patch_head_outputs", title="patch_head_outputs", reference=ref.patch_head_outputs, run=run_patch_directions,
+        kind="function", cases=_SMALL,
+        mistakes=[
+            Mistake("direction ignored", "with direction='noise' run the *clean* tokens and patch in *corrupted* activations.", heads_direction_ignored),
+            Mistake("directions swapped", "denoising runs the corrupted tokens with clean activations patched in; noising the opposite.", heads_directions_swapped),
+            Mistake("whole layer", "patch one head: z[:, :, head], not every head of the layer.", heads_whole_layer),
+        ],
+        stuck="source, target = (clean, corrupt) if direction == 'denoise' else (corrupt, clean); cache the source; for each head, run the target with z[:, :, head] replaced.",
+    ),
+    Exercise(
+        name="patch_head_positions", title="patch_head_positions", reference=ref.patch_head_positions, run=run_patch,
+        kind="function", cases=_SMALL,
+        mistakes=[
+            Mistake("every position at once", "patch one position of one head: z[:, pos, head].", head_pos_all_positions),
+            Mistake("noising", "this is denoising: run the *corrupted* tokens and patch in *clean* activations.", head_pos_noising),
+        ],
+        stuck="three nested loops (layer, head, pos); the hook sets z[:, pos, head] = clean_cache[name][:, pos, head].",
+    ),
+    Exercise(
+        name="patch_head_patterns", title="patch_head_patterns", reference=ref.patch_head_patterns, run=run_patch,
+        kind="function", cases=_SMALL,
+        mistakes=[
+            Mistake("values patched", "patch the attention *pattern* (hook_pattern, [batch, head, q, k]), not the values.", pattern_values),
+            Mistake("whole layer", "patch one head's pattern: pattern[:, head], not the whole layer's.", pattern_whole_layer),
+        ],
+        stuck="hook blocks.{layer}.attn.hook_pattern; its head axis is 1: pattern[:, head] = clean_cache[name][:, head].",
+    ),
+    Exercise(
+        name="path_patch", title="path_patch", reference=ref.path_patch, run=run_path_patch, kind="function",
+        cases=[dict(_SMALL[0], paths=_PATHS[0]), dict(_SMALL[1], paths=_PATHS[1])], time_limit=20.0,
+        mistakes=[
+            Mistake("other heads not frozen", "in the first run, every head that is not a sender must keep its *corrupted* output; otherwise the effect also reaches the receivers through other heads.", path_no_freeze),
+            Mistake("receivers ignored", "you returned the metric of the first run; run the corrupted tokens again with only the receivers' inputs patched.", path_one_run),
+            Mistake("receiver outputs patched", "patch the receivers' *input* (hook_q, hook_k or hook_v of that head), not their output z.", path_receiver_outputs),
+        ],
+        stuck="run 1: hook every hook_z: z = corrupt_z.clone(); z[:, :, sender] = clean_z[:, :, sender]; save the receivers' hook_{receiver_input}. Run 2: corrupted tokens, patch only those receiver inputs.",
+    ),
+    Exercise(
+        name="attribution_patch", title="attribution_patch", reference=ref.attribution_patch, run=run_attribution,
+        kind="function", cases=_SMALL, atol=1e-4, rtol=1e-3,
+        mistakes=[
+            Mistake("gradient at the clean run", "take the gradient at the *corrupted* run: we estimate what patching clean values *into the corrupted run* would do.", attr_at_clean),
+            Mistake("no difference", "multiply the gradient by the *change* z_clean - z_corrupt, not by z_clean.", attr_no_difference),
+            Mistake("sign", "the change is z_clean - z_corrupt (from the corrupted value towards the clean one).", attr_sign),
+        ],
+        stuck="hook every hook_z on the corrupted run with z.retain_grad(); metric(logits).backward(); per head: ((clean_z - z) * z.grad).sum over batch, pos and d_head.",
+    ),
+    Exercise(
+        name="circuit_faithfulness", title="circuit_faithfulness", reference=ref.circuit_faithfulness, run=run_faithfulness,
+        kind="function",
+        cases=[dict(_SMALL[0], batch=6, circuit=[(0, 1), (1, 0), (1, 2)]),
+               dict(_SMALL[1], batch=5, circuit=[(0, 0), (2, 1)])],
+        mistakes=[
+            Mistake("zero-ablation", "mean-ablate: replace each other head's output with its mean over the *reference* batch, not with zeros.", faith_zero),
+            Mistake("circuit ablated", "keep the circuit's heads and ablate every *other* head.", faith_inverted),
+            Mistake("mean over positions", "average over the batch only, keeping one mean per position ([pos, head, d_head]).", faith_position_mean),
+        ],
+        stuck="means = reference z cache .mean(0) per layer; hook every hook_z: torch.where(head in circuit, z, mean); divide the ablated mean logit difference by the full model's.",
+    ),
+]
