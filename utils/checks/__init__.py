@@ -106,11 +106,38 @@ def _validate(ex: Exercise, impl: Any) -> None:
         )
 
 
-def check(name: str, impl: Any) -> None:
-    """Check the learner's ``impl`` for exercise ``name``; print ✓ or raise ``CheckFailed``."""
+def check(name: str, impl: Any, hidden: bool = False) -> None:
+    """Check the learner's ``impl`` for exercise ``name``; print ✓ or raise ``CheckFailed``.
+
+    ``hidden=True`` runs the exercise's hidden tests (nbgrader's hidden test region): other
+    random inputs and extra shapes. When nbgrader grades the notebook, this only records the
+    outputs of ``impl``; the judging happens outside the notebook (see ``utils.grading``).
+    """
+    from utils import grading
+
     ex = get_exercise(name)
+    grading_session = grading.session()
+    if hidden:
+        ex = ex.hidden_suite(grading_session.secret if grading_session else 0)
+    if grading_session is not None:
+        return _record(ex, impl, "hidden" if hidden else "visible", grading_session)
     _validate(ex, impl)
     outputs = collect(ex, impl)
     judge(ex, outputs)
     n = len(ex.cases)
-    print(f"✓ {ex.name}: {ex.title} matches the reference on {n} input{'s' if n > 1 else ''}.")
+    what = "hidden tests" if hidden else f"input{'s' if n > 1 else ''}"
+    print(f"✓ {ex.name}: {ex.title} matches the reference on {n} {what}.")
+
+
+def _record(ex: Exercise, impl: Any, suite: str, session) -> None:
+    """Grading mode: run ``impl`` under the usual guards and write its outputs for the judge."""
+    from utils.grading import record
+
+    calls: list[str] = []
+    try:
+        _validate(ex, impl)
+        outputs, message = collect(ex, impl, reference_calls=calls), ""
+    except CheckFailed as e:
+        outputs, message = None, str(e)
+    record.write(session.record_dir, record.Record(ex.name, suite, session.secret, outputs, message, tuple(calls)))
+    print(f"{ex.name}: outputs recorded for grading.")

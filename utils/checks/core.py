@@ -24,8 +24,9 @@ import signal
 import sys
 import threading
 import traceback
+import types
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,17 @@ class Exercise:
     stuck: str = ""  # what to read if stuck
     uses: str = ""  # earlier exercises this one builds on (named when it fails)
     chapter: str = ""
+    # Hidden tests (nbgrader's hidden test region, used when grading): extra inputs, e.g. other
+    # shapes. Every hidden case, and every visible case, is run with a seed the learner has not
+    # seen (see ``hidden_suite``), so a submission tuned to the visible check does not pass.
+    hidden_cases: list[dict] = field(default_factory=list)
+
+    def hidden_suite(self, secret: int = 0) -> "Exercise":
+        """This exercise on its hidden cases: the visible cases and ``hidden_cases``, reseeded
+        from ``secret`` (a fresh random number for each grading run; 0 elsewhere)."""
+        rng = random.Random(f"{self.name}:{secret}")
+        cases = [{**case, "seed": rng.randrange(10_000, 2**31)} for case in [*self.cases, *self.hidden_cases]]
+        return replace(self, cases=cases, hidden_cases=[])
 
     def describe(self, case: dict) -> str:
         return case.get("describe") or ", ".join(f"{k}={v}" for k, v in case.items() if k != "seed")
@@ -166,14 +178,58 @@ def _arg_names(fn: Callable, args: tuple) -> list[str]:
     return [params[i] if i < len(params) else f"argument {i}" for i in range(len(args))]
 
 
+def reference_code(reference: Any) -> set[types.CodeType]:
+    """The code objects of a reference implementation: a function's own code, or the methods
+    a reference class defines (except ``__init__``: a learner's class may inherit the provided
+    constructor without copying the solution)."""
+    fns = []
+    if inspect.isclass(reference):
+        for klass in reference.__mro__:
+            if klass.__module__.split(".")[0] in ("torch", "builtins", "typing"):
+                continue
+            fns += [v for k, v in vars(klass).items() if k != "__init__"]
+    else:
+        fns.append(reference)
+    codes = set()
+    for fn in fns:
+        fn = getattr(fn, "__func__", fn)
+        code = getattr(fn, "__code__", None)
+        if code is not None:
+            codes.add(code)
+    return codes
+
+
+@contextlib.contextmanager
+def watching(codes: set[types.CodeType] | None, hits: list[str]) -> Iterator[None]:
+    """Note in ``hits`` every call into one of ``codes`` (the reference) while the block runs."""
+    if not codes:
+        yield
+        return
+
+    def profiler(frame, event, arg):
+        if event == "call" and frame.f_code in codes:
+            hits.append(frame.f_code.co_qualname if hasattr(frame.f_code, "co_qualname") else frame.f_code.co_name)
+
+    previous = sys.getprofile()
+    sys.setprofile(profiler)
+    try:
+        yield
+    finally:
+        sys.setprofile(previous)
+
+
 class RunContext:
     """What an exercise's ``run`` gets: seeded inputs and guarded calls into learner code."""
 
-    def __init__(self, exercise: Exercise, case: dict, guarded: bool):
+    def __init__(self, exercise: Exercise, case: dict, guarded: bool, watch: set | None = None,
+                 hits: list[str] | None = None):
         self.exercise = exercise
         self.case = case
         self.guarded = guarded
         self.gen = torch.Generator().manual_seed(case.get("seed", 0))
+        # When grading: the reference's code objects, and where calls into them are noted.
+        self.watch = watch
+        self.hits = hits if hits is not None else []
 
     # -- seeded inputs (identical for the reference, the mistakes and the learner) --
     def randn(self, *shape: int, scale: float = 1.0) -> Tensor:
@@ -221,7 +277,8 @@ class RunContext:
         names = _arg_names(fn, args)
         before = [(n, a, a.detach().clone()) for n, a in zip(names, args) if isinstance(a, Tensor)]
         try:
-            out = fn(*args, **kwargs)
+            with watching(self.watch, self.hits):
+                out = fn(*args, **kwargs)
         except (_Timeout, LearnerError):
             raise
         except NotImplementedError as e:
@@ -277,20 +334,26 @@ def _detach(x: Any) -> Any:
     return x
 
 
-def run_cases(exercise: Exercise, impl: Any, guarded: bool) -> list[dict]:
+def run_cases(exercise: Exercise, impl: Any, guarded: bool, watch: set | None = None,
+              hits: list[str] | None = None) -> list[dict]:
     outputs = []
     for case in exercise.cases:
-        ctx = RunContext(exercise, case, guarded)
+        ctx = RunContext(exercise, case, guarded, watch, hits)
         with preserved_state():
             outputs.append(_detach(exercise.run(impl, ctx)))
     return outputs
 
 
-def collect(exercise: Exercise, impl: Any) -> list[dict]:
-    """Step 1: run the learner's ``impl`` on every case, under guards. Raises CheckFailed."""
+def collect(exercise: Exercise, impl: Any, reference_calls: list[str] | None = None) -> list[dict]:
+    """Step 1: run the learner's ``impl`` on every case, under guards. Raises CheckFailed.
+
+    With a list as ``reference_calls`` (when grading), calls from the learner's code into the
+    exercise's reference implementation are appended to it.
+    """
+    watch = reference_code(exercise.reference) if reference_calls is not None else None
     try:
         with time_limit(exercise.time_limit):
-            return run_cases(exercise, impl, guarded=True)
+            return run_cases(exercise, impl, guarded=True, watch=watch, hits=reference_calls)
     except _Timeout:
         raise CheckFailed(
             f"✗ {exercise.name}: your code ran for more than {exercise.time_limit:g} s and was stopped.\n"

@@ -1,0 +1,56 @@
+"""Classroom grading with nbgrader, designed so that a grade cannot be faked from the notebook.
+
+How a grade is decided (see ``nbgrader_config.py`` in this folder and the README's "Teaching
+with this course"):
+
+1. ``PrepareGrading`` (runs in nbgrader's process) picks a fresh secret, empties the record
+   folder of the notebook and puts both into the environment of the kernel it is about to start.
+2. The notebook runs. In grading mode a check cell does not judge anything: ``check()`` runs the
+   learner's code on the exercise's inputs (the hidden tests reseeded from the secret) and
+   writes the *outputs* to the record folder as safetensors and JSON (:mod:`.record`), with any
+   calls from the learner's code into the toolkit's reference implementation.
+3. ``JudgeChecks`` (back in nbgrader's process, where the learner's code never ran) reads those
+   outputs, runs the reference and the comparisons itself, and replaces each check cell's outputs
+   with the verdict. What the kernel printed, warned or monkeypatched cannot change the grade:
+   the only thing the notebook can influence is the outputs of its own code.
+
+Hidden-test verdicts say that hidden tests failed, never what they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV = "COURSE_GRADING"
+RECORD_DIR = ".course_grading"
+
+
+@dataclass(frozen=True)
+class Session:
+    """What the kernel learns from nbgrader's process: where to write outputs, and the secret
+    that seeds the hidden tests."""
+
+    record_dir: Path
+    secret: int
+
+    def to_env(self) -> str:
+        return json.dumps({"dir": str(self.record_dir), "secret": self.secret})
+
+
+def session() -> Session | None:
+    """The grading session this process runs in, or None when not grading."""
+    raw = os.environ.get(ENV)
+    if not raw:
+        return None
+    try:
+        info = json.loads(raw)
+        return Session(Path(info["dir"]), int(info["secret"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def active() -> bool:
+    return session() is not None

@@ -1,0 +1,117 @@
+"""Build an nbgrader course directory from ``solutions/``: ``python -m utils.grading build DIR``.
+
+For every chapter ``solutions/NN_name.ipynb`` it writes ``DIR/source/chNN/NN_name.ipynb``, the
+instructor's version of the assignment:
+
+* every check cell gains a hidden-test region, ``check(name, impl, hidden=True)``: the same
+  exercise on inputs reseeded for each grading run, plus the exercise's extra hidden shapes;
+* the course's own code cells become read-only, so autograding restores them and the reference
+  detector knows which code is the learner's;
+* points stay as in the chapter (one per check cell; edit the source to change them).
+
+It also writes ``DIR/nbgrader_config.py`` and the grading kernel ``DIR/jupyter/kernels/course-grading``.
+New chapters need nothing extra: any ``check("name", X)`` cell gets its hidden tests the same way.
+An existing file that differs is left alone (and reported) unless ``--force`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[2]
+SOLUTIONS = ROOT / "solutions"
+HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+
+
+def assignment_name(notebook: Path) -> str:
+    return f"ch{notebook.name[:2]}"
+
+
+def _check_calls(source: str) -> list[str]:
+    """Source text of each top-level ``check("name", X)`` call (without hidden=...)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    calls = []
+    for node in tree.body:
+        call = node.value if isinstance(node, ast.Expr) else None
+        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "check"
+                and not any(k.arg == "hidden" for k in call.keywords)):
+            calls.append(ast.get_source_segment(source, call))
+    return calls
+
+
+def instructor_notebook(path: Path) -> nbformat.NotebookNode:
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        meta = cell.metadata.get("nbgrader")
+        if cell.cell_type != "code":
+            continue
+        if not meta:
+            cell.metadata["nbgrader"] = {"grade": False, "grade_id": f"provided_{i:03d}", "locked": True,
+                                         "schema_version": 3, "solution": False, "task": False}
+            continue
+        if meta.get("grade") and not meta.get("solution") and HIDDEN_BEGIN not in cell.source:
+            calls = _check_calls(cell.source)
+            if calls:
+                hidden = "\n".join(f"{c[:-1]}, hidden=True)" for c in calls)
+                cell.source = f"{cell.source.rstrip()}\n{HIDDEN_BEGIN}\n{hidden}\n{HIDDEN_END}"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    return nb
+
+
+def kernel_spec() -> dict:
+    return {
+        "argv": [sys.executable, "-m", "utils.grading.kernel", "-f", "{connection_file}"],
+        "display_name": "Python (course grading)",
+        "language": "python",
+        "metadata": {"debugger": False},
+    }
+
+
+def _write(path: Path, text: str, force: bool, report: list[str]) -> None:
+    if path.exists() and path.read_text() != text and not force:
+        report.append(f"kept {path} (it differs from what would be written; --force replaces it)")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    report.append(f"wrote {path}")
+
+
+def build(course_dir: Path, chapters: list[str] | None = None, force: bool = False) -> list[str]:
+    course_dir = Path(course_dir).resolve()
+    report: list[str] = []
+    notebooks = sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb"))
+    if chapters:
+        notebooks = [p for p in notebooks if p.name[:2] in chapters or assignment_name(p) in chapters]
+    for path in notebooks:
+        nb = instructor_notebook(path)
+        target = course_dir / "source" / assignment_name(path) / path.name
+        _write(target, nbformat.writes(nb) + "\n", force, report)
+    _write(course_dir / "nbgrader_config.py", (Path(__file__).parent / "nbgrader_config.py").read_text(), force, report)
+    _write(course_dir / "jupyter" / "kernels" / "course-grading" / "kernel.json",
+           json.dumps(kernel_spec(), indent=2) + "\n", True, report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m utils.grading", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="write an nbgrader course directory from solutions/")
+    b.add_argument("course_dir", type=Path)
+    b.add_argument("--chapters", nargs="*", help="e.g. 01 02 (default: all)")
+    b.add_argument("--force", action="store_true", help="replace files that differ")
+    args = parser.parse_args(argv)
+    for line in build(args.course_dir, args.chapters, args.force):
+        print(line)
+    print(f"\nNext: cd {args.course_dir} && nbgrader generate_assignment ch01 (see README, 'Teaching with this course').")
+    return 0

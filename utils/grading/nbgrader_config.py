@@ -1,0 +1,74 @@
+# nbgrader configuration for this course (written into the course directory by
+# `python -m utils.grading build`; edit the copy there to suit your class).
+#
+# What it changes from nbgrader's defaults, and why:
+# * Autograding decides each check cell from the outputs the learner's code produced, judged in
+#   nbgrader's own process (utils.grading.nbgrader_ext.JudgeChecks). Monkeypatching the checker
+#   or torch inside the notebook, or a warning on stderr, cannot change a grade.
+# * A cell that kills or hangs the kernel costs only itself (ResilientExecute); every cell has a
+#   time limit and the kernel a memory limit, so a learner's infinite loop or memory hog fails
+#   that exercise, not the whole submission.
+# * Deleted test cells are put back and edited ones restored (OverwriteCells).
+# * Feedback never shows hidden tests: they are cleared from the feedback, and hidden-test
+#   verdicts say only that hidden tests failed.
+# * With bubblewrap installed (Debian: apt-get install bubblewrap), autograding runs each
+#   kernel in a sandbox: no network, no access to other submissions, the gradebook or the
+#   instructor's source. Set COURSE_SANDBOX=0 to turn it off, =1 to require it.
+import os
+from pathlib import Path
+
+from nbconvert.preprocessors import ClearMetadataPreprocessor
+from nbgrader.preprocessors import (
+    AssignLatePenalties,
+    CheckCellMetadata,
+    ClearHiddenTests,
+    GetGrades,
+    LimitOutput,
+    SaveAutoGrades,
+)
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+
+from utils.grading.kernel import bwrap_available
+from utils.grading.nbgrader_ext import JudgeChecks, PrepareGrading, ResilientExecute
+
+c = get_config()  # noqa: F821 (nbgrader provides it)
+here = Path(__file__).resolve().parent
+
+c.CourseDirectory.root = str(here)
+c.CourseDirectory.course_id = "mechinterp-course"
+
+# --- autograding -----------------------------------------------------------------------------
+c.Autograde.autograde_preprocessors = [
+    PrepareGrading,
+    ResilientExecute,
+    JudgeChecks,
+    ClearMetadataPreprocessor,
+    LimitOutput,
+    SaveAutoGrades,
+    AssignLatePenalties,
+    CheckCellMetadata,
+]
+c.Autograde.create_student = True
+c.OverwriteCells.add_missing_cells = True
+c.Execute.timeout = int(os.environ.get("COURSE_CELL_TIMEOUT", "600"))  # seconds per cell
+c.Execute.interrupt_on_timeout = True
+c.Execute.iopub_timeout = 15
+c.ResilientExecute.max_restarts = 3
+
+# The grading kernel (jupyter/kernels/course-grading): limits, and the sandbox when on.
+os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(here / "jupyter"), os.environ.get("JUPYTER_PATH")]))
+c.Execute.kernel_name = "course-grading"
+c.KernelManager.transport = "ipc"  # unix sockets: the sandboxed kernel has no network at all
+os.environ.setdefault("COURSE_KERNEL_MEMORY", "6G")  # address space; the chapters need < 2 GB
+os.environ.setdefault("COURSE_KERNEL_CPU", "3600")  # CPU seconds per notebook
+_sandbox = os.environ.get("COURSE_SANDBOX", "auto")
+if _sandbox == "1" and not bwrap_available():
+    raise RuntimeError("COURSE_SANDBOX=1 but bubblewrap (bwrap) is missing or cannot run here")
+os.environ["COURSE_KERNEL_SANDBOX"] = "1" if _sandbox == "1" or (_sandbox == "auto" and bwrap_available()) else "0"
+
+# --- feedback: no hidden tests ---------------------------------------------------------------
+c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
+c.ClearHiddenTests.enforce_metadata = False
+
+# --- generating the student version ----------------------------------------------------------
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
