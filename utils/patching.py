@@ -37,27 +37,27 @@ import einops
 import torch
 from torch import Tensor
 
-from .corpus import IOI_TEMPLATES, NAMES, Tokenizer, ioi_prompts, token_dataset
+from .corpus import IOI_TEMPLATES, NAMES, LanguageGenerator, Tokenizer, ioi_prompts
 from .transformer import Config, Transformer
 
 Metric = Callable[[Tensor], Tensor]
 Head = tuple[int, int]
 
 # ---- Held-out splits ------------------------------------------------------------------------
-# Names: two groups of 12. Training stories draw all their characters from ONE group, so a
-# training IOI sentence only ever pairs two names of the same group; every name is seen, but
-# no cross-group pair ever is. Held-out prompts pair a name of one group with one of the other.
-NAME_GROUPS: tuple[list[str], list[str]] = (NAMES[0::2], NAMES[1::2])
+# Name pairs: an IOI sentence whose two names form a held-out pair never occurs in training
+# (stories containing one are skipped), although every name occurs in many other pairs. The
+# held-out pairs are scattered (i + j divisible by 5, for names NAMES[i] and NAMES[j]) so that
+# no simple rule ("names from the same half") separates them from the training pairs.
+def is_heldout_pair(a: str, b: str) -> bool:
+    return (NAMES.index(a) + NAMES.index(b)) % 5 == 0
+
+
 # Templates: template 8 ("As A and B walked to the PLACE , S handed the OBJ to") is never
 # trained on. It is the only template whose verb also occurs in another one (template 1): every
 # other template has a transfer verb of its own, which a model that never saw it could not read.
 # (Its opener "As" is still new to the model.)
 HELDOUT_TEMPLATES: list[int] = [8]
 TRAIN_TEMPLATES: list[int] = [t for t in range(len(IOI_TEMPLATES)) if t not in HELDOUT_TEMPLATES]
-
-
-def _group(name: str) -> int:
-    return 0 if name in NAME_GROUPS[0] else 1
 
 
 # ---- Clean and corrupted prompts ------------------------------------------------------------
@@ -99,8 +99,8 @@ def symmetric_corruption(tokens: Tensor, io: Tensor, s: Tensor) -> Tensor:
 def ioi_batch(n: int, template: int, seed: int = 0, heldout_pairs: bool = True, third_name: bool = False) -> IOIBatch:
     """``n`` prompts of one IOI template (half ABBA, half BABA) and their corruptions.
 
-    ``heldout_pairs``: only pairs of names the training data never put together (one name from
-    each of ``NAME_GROUPS``). ``third_name``: the "ABC" reference distribution of Wang et al.
+    ``heldout_pairs``: only pairs of names that no training IOI sentence put together
+    (``is_heldout_pair``). ``third_name``: the "ABC" reference distribution of Wang et al.
     instead: S2 is replaced by a third name, so no name is repeated and nothing tells IO from S
     (its mean activations are what mean-ablation uses).
     """
@@ -113,7 +113,7 @@ def ioi_batch(n: int, template: int, seed: int = 0, heldout_pairs: bool = True, 
         p = ioi_prompts(1, seed=rng.randrange(2**31), templates=[template])[0]  # always ABBA
         if i % 2:  # every other prompt in BABA order
             p = _reorder(p)
-        if heldout_pairs and _group(p["io"]) == _group(p["s"]):
+        if heldout_pairs and not is_heldout_pair(p["io"], p["s"]):
             continue
         prompts.append(p)
         i += 1
@@ -418,12 +418,24 @@ def ioi_config(n_layers: int = 2, n_heads: int = 4, attn_only: bool = True, d_mo
                   n_layers=n_layers, attn_only=attn_only, normalization="LN")
 
 
-def ioi_training_data(n_tokens: int = 800_000, seq_len: int = 32, seed: int = 0, ioi_fraction: float = 0.5) -> Tensor:
-    """Course-language stories, half the sentences IOI, training templates only; each half of
-    the rows draws its characters from one of ``NAME_GROUPS`` (so no cross-group pair occurs)."""
-    halves = [token_dataset(n_tokens // 2, seq_len, seed=seed + g, names=NAME_GROUPS[g], ioi_templates=TRAIN_TEMPLATES,
-                            ioi_fraction=ioi_fraction) for g in (0, 1)]
-    return torch.cat(halves)
+def ioi_training_data(n_tokens: int = 800_000, seq_len: int = 32, seed: int = 0, ioi_fraction: float = 1.0) -> Tensor:
+    """Course-language stories cut into rows of ``seq_len`` tokens (each starting with ``<bos>``),
+    as ``corpus.token_dataset`` does, with IOI sentences of the training templates only and
+    without any story that has an IOI sentence on a held-out name pair."""
+    tok = Tokenizer()
+    gen = LanguageGenerator(seed, ioi_fraction=ioi_fraction, ioi_templates=TRAIN_TEMPLATES)
+    n_rows = n_tokens // seq_len
+    stream: list[int] = []
+    while len(stream) < n_rows * seq_len:
+        story = gen._story_raw()
+        pairs = [[w for w, role in sentence if role in ("IO", "S1")] for sentence in story]
+        if any(len(p) == 2 and is_heldout_pair(*p) for p in pairs):
+            continue
+        stream += [tok.bos_id] + [tok.stoi[w] for sentence in story for w, _ in sentence]
+    rows = [stream[i * seq_len : (i + 1) * seq_len] for i in range(n_rows)]
+    for row in rows:
+        row[0] = tok.bos_id  # a row may start mid-story: it still starts with <bos>
+    return torch.tensor(rows)
 
 
 @torch.no_grad()
@@ -445,7 +457,7 @@ def evaluate_ioi(model: Transformer, templates: Sequence[int] = HELDOUT_TEMPLATE
 
 def train_ioi_model(steps: int = 3000, seed: int = 0, n_layers: int = 2, n_heads: int = 4, attn_only: bool = True,
                     d_model: int = 64,
-                    batch_size: int = 64, lr: float = 3e-3, ioi_fraction: float = 0.8, progress: bool = True,
+                    batch_size: int = 64, lr: float = 3e-3, ioi_fraction: float = 1.0, progress: bool = True,
                     desc: str = "ioi_2l") -> tuple[Transformer, dict]:
     """Train the chapter's model on the course language; returns (model, measurements)."""
     from .training import train

@@ -163,6 +163,21 @@ def _induction_2l(steps: int | None = None, progress: bool = True) -> tuple[Tran
                    "data": "span_copy_batches(64, 64, 64, seed=0, n_spans=3)"}
 
 
+@recipe("ioi_2l", "Chapter 4's model: 2-layer attention-only transformer (4 heads per layer) trained on IOI-rich course-language stories.")
+def _ioi_2l(steps: int | None = None, progress: bool = True) -> tuple[Transformer, dict]:
+    from .patching import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, evaluate_ioi, train_ioi_model
+
+    steps = steps or 3000
+    model, info = train_ioi_model(steps=steps, seed=0, progress=progress, desc="ioi_2l")
+    held_out = evaluate_ioi(model, HELDOUT_TEMPLATES, n=400, seed=1, heldout_pairs=True)
+    seen = evaluate_ioi(model, TRAIN_TEMPLATES, n=50, seed=2, heldout_pairs=False)
+    return model, {"recipe": "ioi_2l", "steps": steps, "seed": 0, "torch": torch.__version__, **info,
+                   "heldout": {k: round(v, 3) for k, v in held_out.items()},
+                   "train_templates": {k: round(v, 3) for k, v in seen.items()},
+                   "data": "utils.patching.ioi_training_data(): course-language stories, ioi_fraction 1.0, "
+                           f"IOI templates {TRAIN_TEMPLATES}, no IOI sentence on a held-out name pair",
+                   "heldout_set": f"template {HELDOUT_TEMPLATES}, name pairs with utils.patching.is_heldout_pair"}
+
 def retrain(name: str, out_dir: str | Path | None = None, steps: int | None = None, progress: bool = True) -> Path:
     """Run a recipe and save its checkpoint (by default into the shipped folder)."""
     if name not in RECIPES:
