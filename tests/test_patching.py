@@ -1,0 +1,209 @@
+"""The patching toolkit, and the chapter-4 phenomena on the shipped ``ioi_2l`` checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from utils import patching as P
+from utils.corpus import Tokenizer
+from utils.transformer import Config, Transformer
+from utils.zoo import load_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("ioi_2l")
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return P.ioi_batch(48, P.HELDOUT_TEMPLATES[0], seed=3)
+
+
+@pytest.fixture(scope="module")
+def metric(model, batch):
+    return P.normalised_ld_metric(model, batch)
+
+
+@pytest.fixture(scope="module")
+def head_effects(model, batch, metric):
+    return P.patch_head_outputs(model, batch.clean, batch.corrupt, metric)
+
+
+def tiny_model(attn_only=False, n_layers=2, seed=0):
+    cfg = Config(d_vocab=20, n_ctx=12, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_layers=n_layers,
+                 attn_only=attn_only, init_range=0.4)
+    return Transformer(cfg, seed=seed).eval()
+
+
+def tiny_prompts(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    clean = torch.randint(4, 20, (3, 9), generator=gen)
+    io, s = torch.tensor([0, 1, 2]), torch.tensor([3, 0, 1])
+    clean[:, 2], clean[:, 4], clean[:, 6] = io, s, s
+    return clean, P.symmetric_corruption(clean, io, s), io, s
+
+
+# ---- toolkit ---------------------------------------------------------------------------------
+def test_batch_is_aligned_and_corruption_changes_only_s2():
+    tok = Tokenizer()
+    b = P.ioi_batch(10, 0, seed=0)
+    assert b.clean.shape == b.corrupt.shape == (10, len(b.labels))
+    diff = (b.clean != b.corrupt)
+    assert diff.sum(0).nonzero().flatten().tolist() == [b.pos["S2"]] and diff.sum() == 10
+    assert (b.corrupt[:, b.pos["S2"]] == b.io).all() and (b.clean[:, b.pos["S2"]] == b.s).all()
+    rows = torch.arange(10)
+    assert (b.clean[rows, b.pos["IO"]] == b.io).all() and (b.clean[rows, b.pos["S1"]] == b.s).all()
+    assert [p["order"] for p in b.prompts[:4]] == ["ABBA", "BABA", "ABBA", "BABA"]
+    assert all(tok.decode(b.clean[i]).endswith("to") for i in range(10))
+    # held-out pairs: one name from each group
+    assert all(P.is_heldout_pair(p["io"], p["s"]) for p in b.prompts)
+    abc = P.ioi_batch(10, 0, seed=0, third_name=True)
+    c = abc.corrupt[:, abc.pos["S2"]]
+    assert ((c != abc.io) & (c != abc.s)).all()
+
+
+def test_logit_diff_and_normalised_metric():
+    logits = torch.zeros(2, 3, 5)
+    logits[0, -1, 1], logits[1, -1, 4] = 2.0, -1.0
+    torch.testing.assert_close(P.logit_diff(logits, torch.tensor([1, 4]), torch.tensor([0, 0])), torch.tensor([2.0, -1.0]))
+    assert P.normalised_metric(1.0, 3.0, -1.0) == 0.5
+    assert P.normalised_metric(-1.0, 3.0, -1.0) == 0.0 and P.normalised_metric(3.0, 3.0, -1.0) == 1.0
+
+
+@pytest.mark.parametrize("attn_only", [True, False])
+def test_patching_endpoints(attn_only):
+    """Patching the whole residual stream at a position before the corruption changes nothing;
+    patching at layer 0 at the corrupted position with every later position clean is the clean run."""
+    m = tiny_model(attn_only)
+    clean, corrupt, io, s = tiny_prompts()
+    metric = P.ld_metric(io, s)
+    with torch.no_grad():
+        ld_clean, ld_corrupt = metric(m(clean)).item(), metric(m(corrupt)).item()
+    res = P.patch_residual(m, clean, corrupt, metric)
+    assert res.shape == (2, 9)
+    torch.testing.assert_close(res[:, :6], torch.full((2, 6), ld_corrupt), atol=1e-5, rtol=0)  # positions before S2
+    torch.testing.assert_close(res[0, 6], torch.tensor(ld_clean), atol=1e-5, rtol=0)  # the only differing token
+    noise = P.patch_residual(m, clean, corrupt, metric, direction="noise")
+    torch.testing.assert_close(noise[0, 6], torch.tensor(ld_corrupt), atol=1e-5, rtol=0)
+    blocks = P.patch_block_outputs(m, clean, corrupt, metric)
+    assert blocks.shape == (1 if attn_only else 2, 2, 9)
+    heads = P.patch_head_outputs(m, clean, corrupt, metric)
+    per_pos = P.patch_head_positions(m, clean, corrupt, metric)
+    assert heads.shape == (2, 2) and per_pos.shape == (2, 2, 9) and P.patch_head_patterns(m, clean, corrupt, metric).shape == (2, 2)
+    # a head at a position before S2 sees the same tokens in both runs: nothing to patch
+    torch.testing.assert_close(per_pos[..., :6], torch.full((2, 2, 6), ld_corrupt), atol=1e-5, rtol=0)
+
+
+def test_path_patching_special_cases():
+    m = tiny_model(attn_only=True, n_layers=2)
+    clean, corrupt, io, s = tiny_prompts(1)
+    metric = P.ld_metric(io, s)
+    heads = [(l, h) for l in range(2) for h in range(2)]
+    # every head a sender, path to the logits: all head outputs clean = the clean run (attention-only)
+    with torch.no_grad():
+        ld_clean, ld_corrupt = metric(m(clean)).item(), metric(m(corrupt)).item()
+    # the embedding of S2 still differs, so this is not the clean run; but senders=[] is the corrupted run
+    assert abs(float(P.path_patch(m, clean, corrupt, metric, [])) - ld_corrupt) < 1e-5
+    # a layer-1 sender's path to the logits is its full effect (nothing after it)
+    for h in range(2):
+        full = P.patch_head_outputs(m, clean, corrupt, metric)[1, h]
+        assert abs(float(P.path_patch(m, clean, corrupt, metric, [(1, h)])) - float(full)) < 1e-5
+    # patching all three of q, k, v of a receiver along sender paths: each one is a number
+    for inp in "qkv":
+        assert torch.isfinite(torch.as_tensor(P.path_patch(m, clean, corrupt, metric, [(0, 0)], [(1, 1)], inp)))
+    assert ld_clean != ld_corrupt
+
+
+def test_attribution_is_exact_for_a_linear_metric_of_the_last_layer():
+    """In an attention-only model without LayerNorm, a last-layer head's output enters the
+    logits linearly, so the gradient estimate of its patch equals the real patch."""
+    cfg = Config(d_vocab=20, n_ctx=12, d_model=16, n_heads=2, d_head=8, d_mlp=0, n_layers=2, attn_only=True,
+                 normalization=None, init_range=0.4)
+    m = Transformer(cfg, seed=0).eval()
+    clean, corrupt, io, s = tiny_prompts(2)
+    metric = P.ld_metric(io, s)
+    with torch.no_grad():
+        base = metric(m(corrupt)).item()
+    attr = P.attribution_patch(m, clean, corrupt, metric)
+    real = P.patch_head_outputs(m, clean, corrupt, metric) - base
+    torch.testing.assert_close(attr[1], real[1], atol=1e-4, rtol=1e-4)
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_faithfulness_of_everything_is_one_and_of_nothing_is_mean_ablation():
+    m = tiny_model()
+    clean, _, io, s = tiny_prompts(3)
+    all_heads = [(l, h) for l in range(2) for h in range(2)]
+    assert abs(P.circuit_faithfulness(m, clean, io, s, all_heads, clean) - 1.0) < 1e-5
+
+
+# ---- the shipped model -----------------------------------------------------------------------
+@pytest.mark.slow  # patching the shipped model: seconds to a minute on a busy 2-core machine
+def test_shipped_model_solves_ioi_on_heldout_templates_and_names(model):
+    r = P.evaluate_ioi(model, P.HELDOUT_TEMPLATES, n=400, seed=11)
+    assert r["accuracy"] >= 0.9, r
+    assert r["logit_diff"] >= 2.0 and r["logit_diff_corrupt"] <= -2.0, r
+
+
+@pytest.mark.slow  # patching the shipped model: seconds to a minute on a busy 2-core machine
+def test_heat_maps_localise_to_one_head_at_end(model, batch, metric, head_effects):
+    resid = P.patch_residual(model, batch.clean, batch.corrupt, metric)
+    # before layer 0 only S2 matters; before layer 1 the information sits at END
+    assert resid[0, batch.pos["S2"]] > 0.9 and resid[1, batch.pos["END"]] > 0.9
+    others = torch.ones_like(resid, dtype=torch.bool)
+    others[0, batch.pos["S2"]] = others[1, batch.pos["END"]] = False
+    assert resid[others].abs().max() < 0.2
+    effect = head_effects.flatten().clamp(min=0)
+    assert effect.max() > 0.9 and effect.max() / effect.sum() > 0.8, head_effects  # one head does it
+    per_pos = P.patch_head_positions(model, batch.clean, batch.corrupt, metric)
+    assert per_pos[..., -1].clamp(min=0).sum() / per_pos.clamp(min=0).sum() > 0.9
+
+
+@pytest.mark.slow  # patching the shipped model: seconds to a minute on a busy 2-core machine
+def test_noising_and_denoising_agree_on_the_key_head(model, batch, metric, head_effects):
+    noise = P.patch_head_outputs(model, batch.clean, batch.corrupt, metric, direction="noise")
+    key = divmod(int(head_effects.flatten().argmax()), model.cfg.n_heads)
+    assert noise[key] < 0.2  # corrupting it alone destroys the behaviour: necessary
+    others = [(l, h) for l in range(2) for h in range(4) if (l, h) != key]
+    assert all(noise[o] > 0.8 for o in others)  # no other head is necessary
+    assert P.patch_head_patterns(model, batch.clean, batch.corrupt, metric)[key].abs() < 0.1  # its pattern does not matter
+
+
+@pytest.mark.slow  # patching the shipped model: seconds to a minute on a busy 2-core machine
+def test_path_patching_direct_path_dominates(model, batch, metric, head_effects):
+    key = divmod(int(head_effects.flatten().argmax()), model.cfg.n_heads)
+    direct = float(P.path_patch(model, batch.clean, batch.corrupt, metric, [key]))
+    layer1 = [(1, h) for h in range(4)]
+    via_q = float(P.path_patch(model, batch.clean, batch.corrupt, metric, [key], layer1, "q"))
+    via_k = float(P.path_patch(model, batch.clean, batch.corrupt, metric, [key], layer1, "k"))
+    assert direct > 0.8 and 0.05 < via_q < direct and abs(via_k) < 0.05, (direct, via_q, via_k)
+
+
+@pytest.mark.slow  # patching the shipped model: seconds to a minute on a busy 2-core machine
+def test_attribution_correlates_with_activation_patching(model, batch, metric, head_effects):
+    attr = P.attribution_patch(model, batch.clean, batch.corrupt, metric)
+    corr = torch.corrcoef(torch.stack([attr.flatten(), head_effects.flatten()]))[0, 1]
+    assert corr > 0.9, corr  # measured 0.999
+
+
+@pytest.mark.slow  # patching the shipped model: seconds to a minute on a busy 2-core machine
+def test_named_circuit_is_faithful(model, head_effects, metric, batch):
+    key = divmod(int(head_effects.flatten().argmax()), model.cfg.n_heads)
+    layer1 = [(1, h) for h in range(4)]
+    q = [float(P.path_patch(model, batch.clean, batch.corrupt, metric, [key], [r], "q")) for r in layer1]
+    circuit = [key, layer1[max(range(4), key=q.__getitem__)]]
+    reference = P.ioi_batch(256, 8, seed=4, third_name=True).corrupt
+    test = P.ioi_batch(256, 8, seed=5)
+    f = P.circuit_faithfulness(model, test.clean, test.io, test.s, circuit, reference)
+    assert f >= 0.8, (circuit, f)
+    rest = [(l, h) for l in range(2) for h in range(4) if (l, h) not in circuit]
+    assert P.circuit_faithfulness(model, test.clean, test.io, test.s, rest, reference) < 0.5
+
+
+@pytest.mark.slow
+def test_recipe_retrains_to_solve_ioi():
+    m, _ = P.train_ioi_model(steps=3000, progress=False)
+    r = P.evaluate_ioi(m, P.HELDOUT_TEMPLATES, n=200, seed=11)
+    assert r["accuracy"] >= 0.9 and r["logit_diff"] > 2.0, r
