@@ -91,3 +91,43 @@ def test_check_leaves_learner_class_untouched():
     assert dict(vars(impl)) == before
     assert isinstance(impl(ex.cases[0]["cfg"]), nn.Module)
     torch.testing.assert_close(impl(ex.cases[0]["cfg"]).w, torch.ones(ex.cases[0]["cfg"].d_model))
+
+
+# ---- hidden tests (nbgrader's hidden test regions, see utils/grading) ---------------------------
+
+
+@pytest.mark.parametrize("ex", ALL, ids=lambda ex: ex.name)
+def test_reference_passes_hidden_tests(ex):
+    """Hidden tests draw fresh seeds for every grading run: the reference must pass whatever
+    the seed (two different secrets here), and the inputs must really change with it."""
+    from utils.checks.core import collect, judge
+
+    impl = type(ex.title, (ex.reference,), {}) if ex.kind == "class" else (lambda *a, **k: ex.reference(*a, **k))
+    for secret in (1, 987_654_321):
+        hidden = ex.hidden_suite(secret)
+        assert len(hidden.cases) == len(ex.cases) + len(ex.hidden_cases)
+        assert {c["seed"] for c in hidden.cases}.isdisjoint({c.get("seed") for c in ex.cases})
+        judge(hidden, collect(hidden, impl))
+    assert ex.hidden_suite(1).cases != ex.hidden_suite(2).cases
+
+
+def test_every_chapter_has_hidden_shapes():
+    """Besides reseeding, each chapter's hidden tests include inputs of shapes the visible checks never use."""
+    chapters = sorted({ex.chapter for ex in ALL})
+    for chapter in chapters:
+        assert any(ex.hidden_cases for ex in exercises(chapter)), f"{chapter} has no hidden extra shapes"
+
+
+def test_hidden_tests_catch_code_tuned_to_the_visible_check():
+    """A causal mask hard-coded for the visible sizes passes the visible check, not the hidden one."""
+    from utils.checks.core import collect, judge
+
+    def mask_up_to_nine(scores):
+        future = torch.ones(9, 9, dtype=torch.bool).triu(1)
+        n = scores.shape[-1]
+        return scores.masked_fill(future[:n, :n] if n <= 9 else future, float("-inf"))
+
+    check("causal_mask", mask_up_to_nine)
+    hidden = exercises("ch01")[[ex.name for ex in exercises("ch01")].index("causal_mask")].hidden_suite(3)
+    with pytest.raises(CheckFailed):
+        judge(hidden, collect(hidden, mask_up_to_nine))

@@ -24,6 +24,11 @@ from .judges import judge_distribution
 
 CFG_A = Config(d_vocab=37, n_ctx=12, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_layers=2)
 CFG_B = Config(d_vocab=23, n_ctx=9, d_model=24, n_heads=3, d_head=4, d_mlp=40, n_layers=1)
+# Hidden tests (grading only): another shape of everything, and sequences longer than the
+# visible checks use, so code that hard-codes a visible size fails.
+CFG_H = Config(d_vocab=31, n_ctx=20, d_model=20, n_heads=5, d_head=6, d_mlp=28, n_layers=3)
+HIDDEN_RESID = [dict(seed=0, cfg=CFG_H, batch=3, pos=17, scale=1.0, offset=0.5)]
+HIDDEN_TOKENS = [dict(seed=0, cfg=CFG_H, batch=2, pos=19)]
 
 
 def _cfg_text(cfg: Config) -> str:
@@ -447,11 +452,13 @@ def _judge_kv(exercise, outputs, references, mistakes):
 EXERCISES = [
     Exercise(
         name="embed", title="Embed", reference=ref.Embed, run=run_module_on_tokens, cases=_token_cases(),
+        hidden_cases=HIDDEN_TOKENS,
         mistakes=[Mistake("rows by position", "you looked up rows of W_E by position; the embedding is indexed by token id: W_E[tokens].", EmbedByPosition)],
         stuck="an embedding is a lookup table: row t of W_E is the vector of token t (section 1).",
     ),
     Exercise(
         name="pos_embed", title="PosEmbed", reference=ref.PosEmbed, run=run_module_on_tokens,
+        hidden_cases=HIDDEN_TOKENS,
         # a vocabulary smaller than n_ctx, so that indexing W_pos by token id runs (and is caught by its output)
         cases=_token_cases((CFG_A.replace(d_vocab=10), CFG_B.replace(d_vocab=7))),
         mistakes=[
@@ -462,6 +469,7 @@ EXERCISES = [
     ),
     Exercise(
         name="layernorm", title="LayerNorm", reference=ref.LayerNorm, run=run_resid_module, cases=LN_CASES,
+        hidden_cases=HIDDEN_RESID,
         mistakes=[
             Mistake("unbiased variance", "you used the unbiased variance (dividing by d_model - 1). LayerNorm divides by d_model: x.var(-1, unbiased=False, keepdim=True).", LNUnbiased),
             Mistake("eps outside the square root", "you added eps after the square root; GPT-2 computes sqrt(var + eps).", LNEpsOutside),
@@ -472,6 +480,7 @@ EXERCISES = [
     ),
     Exercise(
         name="causal_mask", title="apply_causal_mask", reference=ref.apply_causal_mask, run=run_causal_mask, kind="function",
+        hidden_cases=[dict(seed=0, batch=2, heads=4, pos=13)],
         cases=[
             dict(seed=8, batch=2, heads=3, pos=5, describe="scores of shape (2, 3, 5, 5) [batch, head, q_pos, k_pos]"),
             dict(seed=9, batch=1, heads=2, pos=8, describe="scores of shape (1, 2, 8, 8) [batch, head, q_pos, k_pos]"),
@@ -485,6 +494,7 @@ EXERCISES = [
     ),
     Exercise(
         name="attention", title="Attention", reference=ref.Attention, run=run_resid_module, cases=_resid_cases("x"),
+        hidden_cases=HIDDEN_RESID,
         uses="apply_causal_mask",
         mistakes=[
             Mistake("no 1/sqrt(d_head) scaling", "your scores are sqrt(d_head) times too large: divide q·k by sqrt(d_head) before the softmax.", AttnNoScale),
@@ -498,6 +508,7 @@ EXERCISES = [
     ),
     Exercise(
         name="mlp", title="MLP", reference=ref.MLP, run=run_resid_module, cases=_resid_cases("x"),
+        hidden_cases=HIDDEN_RESID,
         mistakes=[
             Mistake("ReLU instead of GELU", "you used ReLU; GPT-2's MLP uses GELU (the tanh approximation, gelu_new).", MLPRelu),
             Mistake("no input bias", "you left out b_in.", MLPNoInBias),
@@ -506,6 +517,7 @@ EXERCISES = [
     ),
     Exercise(
         name="block", title="TransformerBlock", reference=ref.TransformerBlock, run=run_resid_module, cases=_resid_cases("resid_pre"),
+        hidden_cases=HIDDEN_RESID,
         uses="LayerNorm, Attention and MLP",
         mistakes=[
             Mistake("post-LN", "you normalised after adding to the residual stream (post-LN); GPT-2 is pre-LN: resid + attn(ln1(resid)).", BlockPostLN),
@@ -516,11 +528,13 @@ EXERCISES = [
     ),
     Exercise(
         name="unembed", title="Unembed", reference=ref.Unembed, run=run_resid_module, cases=_resid_cases("x"),
+        hidden_cases=HIDDEN_RESID,
         mistakes=[Mistake("no bias", "you left out b_U.", UnembedNoBias)],
         stuck="logits = x @ W_U + b_U.",
     ),
     Exercise(
         name="transformer", title="Transformer", reference=ref.Transformer, run=run_transformer, cases=_token_cases(),
+        hidden_cases=HIDDEN_TOKENS,
         uses="Embed, PosEmbed, TransformerBlock and Unembed", atol=2e-4, rtol=2e-4,
         mistakes=[
             Mistake("no final LayerNorm", "you skipped ln_final before the unembedding.", TransformerNoFinalLN),

@@ -309,6 +309,7 @@ _REPEATS = [dict(seed=41, batch=4, half_len=8, describe="repeated random tokens 
 EXERCISES = [
     Exercise(
         name="caching_hook", title="caching_hook", reference=ref.caching_hook, run=run_caching_hook, kind="function", cases=_TOKENS,
+        hidden_cases=[dict(seed=0, batch=5, pos=29)],
         mistakes=[
             Mistake("one key for everything", "every activation overwrote the same entry: store it under hook.name.", caching_hook_fixed_key),
             Mistake("first sequence only", "you stored act[0]; keep the whole batch.", caching_hook_first_row),
@@ -328,6 +329,7 @@ EXERCISES = [
         name="prev_token_scores", title="prev_token_scores", reference=ref.prev_token_scores, run=run_prev_token, kind="function",
         cases=[dict(seed=51, batch=2, heads=3, n=9, describe="random causal patterns (2, 3, 9, 9) [batch, head, q, k]"),
                dict(seed=52, batch=4, heads=2, n=13, describe="random causal patterns (4, 2, 13, 13)")],
+        hidden_cases=[dict(seed=0, batch=1, heads=5, n=22)],
         mistakes=[
             Mistake("current token", "you took the main diagonal (attention to the same position); the previous token is one below it: diagonal(offset=-1).", prev_same_position),
             Mistake("sum, not mean", "average over batch and positions instead of summing.", prev_summed),
@@ -339,6 +341,7 @@ EXERCISES = [
         name="duplicate_token_scores", title="duplicate_token_scores", reference=ref.duplicate_token_scores, run=run_repeat_detector, kind="function",
         cases=[dict(seed=53, batch=2, heads=3, half_len=5, describe="random causal patterns (2, 3, 11, 11), half_len 5"),
                dict(seed=54, batch=3, heads=2, half_len=8, describe="random causal patterns (3, 2, 17, 17), half_len 8")],
+        hidden_cases=[dict(seed=0, batch=2, heads=4, half_len=11)],
         mistakes=[
             Mistake("induction offset", "offset half_len - 1 is the *induction* position; the duplicate token sits exactly half_len back.", dup_as_induction),
             Mistake("first-half queries included", "only queries in the second copy (positions > half_len) have a duplicate to look at; leave the others out.", dup_all_queries),
@@ -349,6 +352,7 @@ EXERCISES = [
         name="induction_scores", title="induction_scores", reference=ref.induction_scores, run=run_repeat_detector, kind="function",
         cases=[dict(seed=55, batch=2, heads=3, half_len=5, describe="random causal patterns (2, 3, 11, 11), half_len 5"),
                dict(seed=56, batch=3, heads=2, half_len=8, describe="random causal patterns (3, 2, 17, 17), half_len 8")],
+        hidden_cases=[dict(seed=0, batch=2, heads=4, half_len=11)],
         mistakes=[
             Mistake("duplicate offset", "offset half_len is the duplicate token itself; an induction head attends to the token *after* it: offset half_len - 1.", ind_as_duplicate),
             Mistake("first-half queries included", "only queries in the second copy (positions > half_len) count; the first copy has nothing to induct from.", ind_all_queries),
@@ -359,6 +363,7 @@ EXERCISES = [
         name="per_token_loss", title="per_token_loss", reference=ref.per_token_loss, run=run_per_token_loss, kind="function",
         cases=[dict(seed=61, batch=2, pos=7, vocab=11, describe="logits (2, 7, 11), tokens (2, 7)"),
                dict(seed=62, batch=3, pos=10, vocab=19, describe="logits (3, 10, 19), tokens (3, 10)")],
+        hidden_cases=[dict(seed=0, batch=1, pos=23, vocab=41)],
         mistakes=[
             Mistake("no shift", "position i predicts token i + 1: use logits[:, :-1] against tokens[:, 1:].", ptl_no_shift),
             Mistake("sign", "the loss is the *negative* log-probability.", ptl_sign),
@@ -406,6 +411,7 @@ EXERCISES = [
         name="top1_diagonal", title="top1_diagonal_fraction", reference=ref.top1_diagonal_fraction, run=run_top1, kind="function",
         cases=[dict(seed=73, n=12, boost=3.0, describe="a random 12 x 12 matrix with a boosted diagonal in some rows"),
                dict(seed=74, n=30, boost=2.0, describe="a random 30 x 30 matrix with a boosted diagonal in some rows")],
+        hidden_cases=[dict(seed=0, n=21, boost=2.5)],
         mistakes=[
             Mistake("columns", "take the argmax of each *row* (dim=-1): for source token i, which output is largest?", top1_columns),
             Mistake("above the mean", "count rows whose *largest* entry is on the diagonal, not rows where the diagonal beats the mean.", top1_diag_above_mean),
@@ -416,6 +422,7 @@ EXERCISES = [
         name="composition_score", title="composition_score", reference=ref.composition_score, run=run_composition, kind="function",
         cases=[dict(seed=75, m=16, r=4, describe="two random rank-4 16 x 16 matrices"),
                dict(seed=76, m=24, r=6, describe="two random rank-6 24 x 24 matrices")],
+        hidden_cases=[dict(seed=0, m=20, r=5)],
         mistakes=[
             Mistake("not normalised", "divide by ||W_A||_F ||W_B||_F so the score lies in [0, 1].", comp_unnormalised),
             Mistake("spectral norm", "use Frobenius norms (tensor.norm()), as Elhage et al. do.", comp_spectral),

@@ -16,6 +16,7 @@ from utils.toy_models import ToyConfig
 
 CFG_A = ToyConfig(n_instances=3, n_features=5, n_hidden=2)
 CFG_B = ToyConfig(n_instances=2, n_features=8, n_hidden=3)
+CFG_H = ToyConfig(n_instances=4, n_features=11, n_hidden=4)  # hidden tests only
 
 
 def _sparse_x(ctx, batch, cfg, p=0.4):
@@ -281,6 +282,7 @@ def poly_over_features(W, purity=0.9, alive=0.1):
 # ---------------------------------------------------------------------------------------------
 _W_CASES = [dict(seed=81, inst=3, hid=2, feat=5, describe="W of shape (3, 2, 5) [instances, hidden, features]"),
             dict(seed=82, inst=2, hid=4, feat=9, sparse_rows=True, describe="W of shape (2, 4, 9), some features zeroed")]
+_W_HIDDEN = [dict(seed=0, inst=5, hid=3, feat=12, sparse_rows=True)]
 
 EXERCISES = [
     Exercise(
@@ -304,6 +306,7 @@ EXERCISES = [
         name="toy_model", title="ToyModel", reference=ref.ToyModel, run=run_toy_forward,
         cases=[dict(seed=93, cfg=CFG_A, batch=6, describe="x of shape (6, 3, 5) [batch, instances, features], random W and b_final"),
                dict(seed=94, cfg=CFG_B, batch=4, describe="x of shape (4, 2, 8), random W and b_final")],
+        hidden_cases=[dict(seed=0, cfg=CFG_H, batch=7)],
         mistakes=[
             Mistake("no ReLU", "the output is ReLU(W^T h + b_final): you left out the ReLU.", ToyNoRelu),
             Mistake("no bias", "add b_final before the ReLU.", ToyNoBias),
@@ -315,6 +318,7 @@ EXERCISES = [
         name="toy_loss", title="importance_weighted_loss", reference=ref.importance_weighted_loss, run=run_loss, kind="function",
         cases=[dict(seed=95, cfg=CFG_A, batch=8, describe="out and x of shape (8, 3, 5), importance (3, 5)"),
                dict(seed=96, cfg=CFG_B, batch=5, describe="out and x of shape (5, 2, 8), importance (2, 8)")],
+        hidden_cases=[dict(seed=0, cfg=CFG_H, batch=9)],
         mistakes=[
             Mistake("importance ignored", "weight each feature's squared error by its importance.", loss_no_importance),
             Mistake("mean over instances", "sum over instances (each instance is its own model); average over batch and features only.", loss_mean_instances),
@@ -335,6 +339,7 @@ EXERCISES = [
     ),
     Exercise(
         name="feature_norms", title="feature_norms", reference=ref.feature_norms, run=run_on_W, kind="function", cases=_W_CASES,
+        hidden_cases=_W_HIDDEN,
         mistakes=[
             Mistake("wrong axis", "a feature's direction is a column W[:, :, i]: take the norm over the hidden axis (dim=1).", norms_wrong_axis),
             Mistake("squared", "return the norm itself, not its square.", norms_squared),
@@ -343,6 +348,7 @@ EXERCISES = [
     ),
     Exercise(
         name="gram", title="gram", reference=ref.gram, run=run_on_W, kind="function", cases=_W_CASES,
+        hidden_cases=_W_HIDDEN,
         mistakes=[
             Mistake("W W^T", "you computed W W^T ([hidden, hidden]); the feature-by-feature matrix is W^T W ([features, features]).", gram_hidden),
             Mistake("mixed instances", "each instance is a separate model: keep the instance axis in both operands.", gram_no_instances),
@@ -351,6 +357,7 @@ EXERCISES = [
     ),
     Exercise(
         name="superposition", title="superposition", reference=ref.superposition, run=run_on_W, kind="function", cases=_W_CASES,
+        hidden_cases=_W_HIDDEN,
         mistakes=[
             Mistake("includes itself", "leave out j = i: a feature does not interfere with itself.", sup_includes_self),
             Mistake("not normalised", "project onto the *unit* vector of feature i (divide W_i by its norm).", sup_not_normalised),

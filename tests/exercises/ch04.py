@@ -388,6 +388,8 @@ def faith_position_mean(model, tokens, io, s, circuit, reference):
 _SMALL = [dict(seed=401, batch=3, pos=8, describe="a random 2-layer model with MLPs (3 heads), 3 prompts of 8 tokens"),
           dict(seed=402, batch=2, pos=10, layers=3, heads=2, attn_only=True,
                describe="a random 3-layer attention-only model (2 heads), 2 prompts of 10 tokens")]
+# Hidden tests only: a deeper model with more heads and longer prompts.
+_SMALL_HIDDEN = [dict(seed=0, batch=4, pos=12, layers=3, heads=4)]
 _PATHS = [[([(0, 0)], [(1, 1)], "q"), ([(0, 1), (0, 2)], [(1, 0)], "v"), ([(0, 2)], None, "q")],
           [([(0, 0)], [(2, 1)], "q"), ([(0, 1)], [(2, 0), (2, 1)], "k"), ([(1, 0)], None, "q")]]
 
@@ -397,6 +399,7 @@ EXERCISES = [
         kind="function",
         cases=[dict(seed=411, batch=4, pos=9, describe="4 prompts of 9 tokens, S twice, IO once"),
                dict(seed=412, batch=6, pos=14, describe="6 prompts of 14 tokens, S twice, IO once")],
+        hidden_cases=[dict(seed=0, batch=5, pos=17)],
         mistakes=[
             Mistake("every S replaced", "replace only the *second* mention of S; changing both removes the repeated name altogether.", corrupt_every_s),
             Mistake("first S replaced", "you replaced the first mention of S (S1); the symmetric corruption replaces the second one (S2).", corrupt_first_s),
@@ -408,6 +411,7 @@ EXERCISES = [
         name="ioi_logit_diff", title="logit_diff", reference=ref.logit_diff, run=run_logit_diff, kind="function",
         cases=[dict(seed=421, batch=4, pos=6, vocab=11, describe="logits (4, 6, 11), io and s of shape (4,)"),
                dict(seed=422, batch=7, pos=3, vocab=20, describe="logits (7, 3, 20), io and s of shape (7,)")],
+        hidden_cases=[dict(seed=0, batch=3, pos=11, vocab=33)],
         mistakes=[
             Mistake("sign", "the metric is logit(IO) - logit(S): positive when the model prefers the right name.", ld_sign),
             Mistake("every position", "use the last position only (logits[:, -1]): that is where the model predicts the name.", ld_all_positions),
@@ -419,6 +423,7 @@ EXERCISES = [
         name="normalised_metric", title="normalised_metric", reference=ref.normalised_metric, run=run_normalised, kind="function",
         cases=[dict(seed=431, n=5, clean=3.2, corrupt=-2.9, describe="5 logit differences, clean 3.2, corrupted -2.9"),
                dict(seed=432, n=9, clean=1.5, corrupt=0.4, describe="9 logit differences, clean 1.5, corrupted 0.4")],
+        hidden_cases=[dict(seed=0, n=13, clean=2.5, corrupt=-1.0)],
         mistakes=[
             Mistake("divided by the clean value", "subtract the corrupted baseline first: (ld - ld_corrupt) / (ld_clean - ld_corrupt).", norm_by_clean),
             Mistake("flipped", "the corrupted run should score 0 and the clean run 1, not the other way round.", norm_flipped),
@@ -427,7 +432,7 @@ EXERCISES = [
     ),
     Exercise(
         name="patch_residual", title="patch_residual", reference=ref.patch_residual, run=run_patch, kind="function",
-        uses="ioi_logit_diff", cases=_SMALL,
+        uses="ioi_logit_diff", cases=_SMALL, hidden_cases=_SMALL_HIDDEN,
         mistakes=[
             Mistake("every position at once", "patch one position at a time: resid[:, pos] only, not the whole residual stream.", resid_all_positions),
             Mistake("noising", "this is denoising: run the *corrupted* tokens and patch in activations cached from the *clean* run.", resid_noising),
@@ -437,7 +442,7 @@ EXERCISES = [
     ),
     Exercise(
         name="patch_block_outputs", title="patch_block_outputs", reference=ref.patch_block_outputs, run=run_patch, kind="function",
-        cases=_SMALL,
+        cases=_SMALL, hidden_cases=_SMALL_HIDDEN,
         mistakes=[
             Mistake("every position at once", "patch one position at a time: act[:, pos] only.", blocks_all_positions),
             Mistake("noising", "this is denoising: run the *corrupted* tokens and patch in the *clean* block outputs.", blocks_noising),
@@ -446,7 +451,7 @@ EXERCISES = [
     ),
     Exercise(
         name="patch_head_outputs", title="patch_head_outputs", reference=ref.patch_head_outputs, run=run_patch_directions,
-        kind="function", cases=_SMALL,
+        kind="function", cases=_SMALL, hidden_cases=_SMALL_HIDDEN,
         mistakes=[
             Mistake("direction ignored", "with direction='noise' run the *clean* tokens and patch in *corrupted* activations.", heads_direction_ignored),
             Mistake("directions swapped", "denoising runs the corrupted tokens with clean activations patched in; noising the opposite.", heads_directions_swapped),
@@ -456,7 +461,7 @@ EXERCISES = [
     ),
     Exercise(
         name="patch_head_positions", title="patch_head_positions", reference=ref.patch_head_positions, run=run_patch,
-        kind="function", cases=_SMALL,
+        kind="function", cases=_SMALL, hidden_cases=_SMALL_HIDDEN,
         mistakes=[
             Mistake("every position at once", "patch one position of one head: z[:, pos, head].", head_pos_all_positions),
             Mistake("noising", "this is denoising: run the *corrupted* tokens and patch in *clean* activations.", head_pos_noising),
@@ -465,7 +470,7 @@ EXERCISES = [
     ),
     Exercise(
         name="patch_head_patterns", title="patch_head_patterns", reference=ref.patch_head_patterns, run=run_patch,
-        kind="function", cases=_SMALL,
+        kind="function", cases=_SMALL, hidden_cases=_SMALL_HIDDEN,
         mistakes=[
             Mistake("values patched", "patch the attention *pattern* (hook_pattern, [batch, head, q, k]), not the values.", pattern_values),
             Mistake("whole layer", "patch one head's pattern: pattern[:, head], not the whole layer's.", pattern_whole_layer),
@@ -484,7 +489,7 @@ EXERCISES = [
     ),
     Exercise(
         name="attribution_patch", title="attribution_patch", reference=ref.attribution_patch, run=run_attribution,
-        kind="function", cases=_SMALL, atol=1e-4, rtol=1e-3,
+        kind="function", cases=_SMALL, hidden_cases=_SMALL_HIDDEN, atol=1e-4, rtol=1e-3,
         mistakes=[
             Mistake("gradient at the clean run", "take the gradient at the *corrupted* run: we estimate what patching clean values *into the corrupted run* would do.", attr_at_clean),
             Mistake("no difference", "multiply the gradient by the *change* z_clean - z_corrupt, not by z_clean.", attr_no_difference),

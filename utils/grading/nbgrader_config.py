@@ -61,6 +61,9 @@ c.Execute.kernel_name = "course-grading"
 c.KernelManager.transport = "ipc"  # unix sockets: the sandboxed kernel has no network at all
 os.environ.setdefault("COURSE_KERNEL_MEMORY", "6G")  # address space; the chapters need < 2 GB
 os.environ.setdefault("COURSE_KERNEL_CPU", "3600")  # CPU seconds per notebook
+# One thread per kernel: grade several submissions at once, one per core (and tiny torch
+# workloads run far slower with two threads on a busy machine).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 _sandbox = os.environ.get("COURSE_SANDBOX", "auto")
 if _sandbox == "1" and not bwrap_available():
     raise RuntimeError("COURSE_SANDBOX=1 but bubblewrap (bwrap) is missing or cannot run here")

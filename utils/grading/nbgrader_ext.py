@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -87,8 +88,13 @@ class ResilientExecute(Execute):
         if self._restarts > self.max_restarts:
             cell.outputs = [_error("NotRun", "not run: the kernel had to be restarted too many times")]
             return cell, resources
+        start = time.monotonic()
         try:
-            return super().preprocess_cell(cell, resources, index)
+            result = super().preprocess_cell(cell, resources, index)
+            seconds = time.monotonic() - start
+            if seconds > 5:
+                self.log.info("cell %d took %.1f s", index, seconds)
+            return result
         except (DeadKernelError, CellTimeoutError) as e:
             died = isinstance(e, DeadKernelError)
             self.log.warning("cell %d %s; restarting the kernel", index, "killed the kernel" if died else "hung the kernel")
