@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -103,6 +104,41 @@ def build(course_dir: Path, chapters: list[str] | None = None, force: bool = Fal
     return report
 
 
+def nbgrader_env() -> dict:
+    """The environment for nbgrader subprocesses: this Python's scripts first on PATH (nbgrader
+    calls ``alembic`` by name)."""
+    import os
+
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def autograde(course_dir: Path, assignment: str, students: list[str] | None = None, jobs: int = 1,
+              extra: list[str] = ()) -> list[tuple[str, float, int]]:
+    """``nbgrader autograde ASSIGNMENT --student S`` for each student, ``jobs`` at a time (each
+    kernel runs single-threaded, so one job per core). Returns (student, seconds, exit code)."""
+    import subprocess
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    course_dir = Path(course_dir).resolve()
+    if students is None:
+        students = sorted(p.parent.name for p in (course_dir / "submitted").glob(f"*/{assignment}") if p.is_dir())
+
+    def one(student: str) -> tuple[str, float, int]:
+        start = time.monotonic()
+        log = course_dir / "autograde_logs" / f"{assignment}-{student}.log"
+        log.parent.mkdir(exist_ok=True)
+        with open(log, "w") as out:
+            code = subprocess.call([sys.executable, "-m", "nbgrader", "autograde", assignment, "--student", student,
+                                    "--force", *extra], cwd=course_dir, env=nbgrader_env(), stdout=out, stderr=subprocess.STDOUT)
+        return student, time.monotonic() - start, code
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(one, students))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.grading", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,7 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("course_dir", type=Path)
     b.add_argument("--chapters", nargs="*", help="e.g. 01 02 (default: all)")
     b.add_argument("--force", action="store_true", help="replace files that differ")
+    a = sub.add_parser("autograde", help="run nbgrader autograde for every submission, several at once")
+    a.add_argument("assignment")
+    a.add_argument("--course-dir", type=Path, default=Path("."))
+    a.add_argument("--students", nargs="*")
+    a.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="submissions graded at once (default: one per core)")
     args = parser.parse_args(argv)
+    if args.command == "autograde":
+        results = autograde(args.course_dir, args.assignment, args.students, args.jobs)
+        print(f"{'student':20s} {'seconds':>8s}  result")
+        for student, seconds, code in results:
+            print(f"{student:20s} {seconds:8.1f}  {'ok' if code == 0 else f'FAILED (exit {code}, see autograde_logs/)'}")
+        return 0 if all(code == 0 for _, _, code in results) else 1
     for line in build(args.course_dir, args.chapters, args.force):
         print(line)
     print(f"\nNext: cd {args.course_dir} && nbgrader generate_assignment ch01 (see README, 'Teaching with this course').")

@@ -139,3 +139,88 @@ def reference_uses(nb, provided: set[str] = frozenset()) -> dict[str, list[tuple
             for name in references[use.path]:
                 found[name].append((index, use))
     return dict(found)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tampering: code that changes or bypasses the checking machinery
+# ---------------------------------------------------------------------------------------------
+
+GUARDED_MODULES = ("utils.checks", "utils.grading", "_course_exercises", "torch", "builtins", "sys", "os.environ")
+CHECKER_NAMES = {"check", "collect", "judge", "run_cases", "get_exercise", "exercises", "record", "hidden_suite",
+                 "watching", "reference_code", "RunContext", "Exercise"}
+DYNAMIC = {"exec", "eval", "compile", "__import__", "import_module", "setprofile", "settrace", "globals",
+           "setattr", "delattr"}
+ALLOWED_FROM_CHECKS = {"check", "CheckFailed"}
+
+
+@dataclass(frozen=True)
+class Tamper:
+    line: int
+    what: str
+
+
+def tampering_in_source(source: str) -> list[Tamper]:
+    """Ways a cell's code reaches into the checker or torch, or runs code nobody can read."""
+    try:
+        tree = ast.parse(_to_python(source))
+    except SyntaxError:
+        return []
+    aliases: dict[str, str] = {}
+    found: list[Tamper] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+                if a.name.startswith(("utils.checks", "utils.grading", "_course_exercises")):
+                    found.append(Tamper(node.lineno, f"imports {a.name}"))
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+            if node.module.startswith(("utils.grading", "_course_exercises", "utils.checks.")) or (
+                    node.module == "utils.checks" and any(a.name not in ALLOWED_FROM_CHECKS for a in node.names)) or (
+                    node.module == "utils" and any(a.name in ("checks", "grading") for a in node.names)):
+                found.append(Tamper(node.lineno, f"imports from {node.module}"))
+
+    def dotted(node: ast.AST) -> str | None:
+        if isinstance(node, ast.Name):
+            return aliases.get(node.id, node.id)
+        if isinstance(node, ast.Attribute):
+            base = dotted(node.value)
+            return f"{base}.{node.attr}" if base else None
+        if isinstance(node, ast.Subscript):
+            return dotted(node.value)
+        return None
+
+    def guarded(path: str | None) -> bool:
+        return bool(path) and (path in GUARDED_MODULES or path.startswith(tuple(m + "." for m in GUARDED_MODULES))
+                               or path.startswith(GUARDED_MODULES[:3]))
+
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+        while targets:
+            t = targets.pop()
+            if isinstance(t, (ast.Tuple, ast.List)):
+                targets.extend(t.elts)
+            elif isinstance(t, ast.Starred):
+                targets.append(t.value)
+            elif isinstance(t, (ast.Attribute, ast.Subscript)) and guarded(dotted(t)):
+                found.append(Tamper(node.lineno, f"changes {dotted(t)}"))
+            elif isinstance(t, ast.Name) and t.id in CHECKER_NAMES:
+                found.append(Tamper(node.lineno, f"redefines {t.id}"))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name in CHECKER_NAMES:
+            found.append(Tamper(node.lineno, f"redefines {node.name}"))
+        if isinstance(node, ast.Call):
+            name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+            if name in DYNAMIC:
+                found.append(Tamper(node.lineno, f"calls {name}()"))
+        if isinstance(node, ast.Attribute) and node.attr in ("reference", "__code__", "__globals__", "f_globals", "f_back"):
+            found.append(Tamper(node.lineno, f"uses .{node.attr}"))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and "COURSE_GRADING" in node.value:
+            found.append(Tamper(node.lineno, "reads the grading settings"))
+    return sorted(set(found), key=lambda t: t.line)
+
+
+def tampering(nb) -> list[tuple[int, Tamper]]:
+    return [(i, t) for i, source in learner_cells(nb) for t in tampering_in_source(source)]

@@ -22,7 +22,7 @@ from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Integer
 
 from . import ENV, RECORD_DIR, Session
-from .detect import reference_uses
+from .detect import reference_uses, tampering
 from .judge import checks_in, grade_check
 
 _SESSION_KEY = "course_grading"
@@ -147,12 +147,24 @@ class JudgeChecks(NbGraderPreprocessor):
             raise RuntimeError("JudgeChecks needs PrepareGrading earlier in the pipeline (see nbgrader_config.py)")
         session: Session = state["session"]
         uses = reference_uses(nb)
+        tampered = tampering(nb)
+        tamper_note = ""
+        if tampered:
+            shown = "; ".join(f"cell {i + 1}, line {t.line}: {t.what}" for i, t in tampered[:5])
+            tamper_note = (
+                f"✗ this notebook changes or bypasses the course's checking code, or torch ({shown}).\n"
+                "  No check in it gets credit; your instructor can review it by hand."
+            )
         for cell in nb.cells:
             meta = cell.metadata.get("nbgrader", {})
             if cell.cell_type != "code" or not meta.get("grade") or meta.get("solution"):
                 continue
             calls = checks_in(cell.source)
             if not calls:
+                continue
+            if tamper_note:
+                cell.outputs = [NotebookNode(output_type="error", ename="CheckFailed", evalue=tamper_note,
+                                             traceback=tamper_note.splitlines())]
                 continue
             verdicts = []
             for name, suite in calls:
