@@ -206,8 +206,10 @@ def watching(codes: set[types.CodeType] | None, hits: list[str]) -> Iterator[Non
         yield
         return
 
+    ids = {id(code) for code in codes}  # identity: equal code compiled elsewhere is not the reference
+
     def profiler(frame, event, arg):
-        if event == "call" and frame.f_code in codes:
+        if event == "call" and id(frame.f_code) in ids:
             hits.append(frame.f_code.co_qualname if hasattr(frame.f_code, "co_qualname") else frame.f_code.co_name)
 
     previous = sys.getprofile()
