@@ -465,6 +465,14 @@ def train_ioi_model(steps: int = 3000, seed: int = 0, n_layers: int = 2, n_heads
     cfg = ioi_config(n_layers, n_heads, attn_only, d_model)
     data = ioi_training_data(seq_len=cfg.n_ctx, seed=seed, ioi_fraction=ioi_fraction)
     model = Transformer(cfg, seed=seed)
-    log = train(model, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress, desc=desc)
+    # One thread: faster for a model this small (and far faster on a busy machine), and the
+    # result no longer depends on the machine's thread count (the shipped checkpoint is
+    # reproduced bit for bit by ``python -m utils.zoo train ioi_2l``).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        log = train(model, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress, desc=desc)
+    finally:
+        torch.set_num_threads(threads)
     info = {"train_seconds": round(log.seconds, 1), "final_loss": round(sum(log.losses[-50:]) / 50, 4)}
     return model, info
