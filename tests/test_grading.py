@@ -323,3 +323,63 @@ def test_feedback_never_shows_hidden_tests(graded_course):
     html = next((course / "feedback" / "partly_wrong" / "ch01").glob("*.html")).read_text()
     assert "hidden=True" not in html and "BEGIN HIDDEN TESTS" not in html
     assert "✗ greedy" in html  # the visible verdict is there
+
+
+def _mini_source() -> nbformat.NotebookNode:
+    """A two-exercise assignment that grades in seconds."""
+    def meta(grade_id, **kw):
+        return {"nbgrader": {"grade_id": grade_id, "grade": False, "solution": False, "locked": False,
+                             "schema_version": 3, "task": False, **kw}}
+
+    cells = [
+        nbformat.v4.new_code_cell("import torch\nfrom utils.checks import check", metadata=meta("setup", locked=True)),
+        nbformat.v4.new_code_cell(
+            "def apply_causal_mask(scores):\n    ### BEGIN SOLUTION\n    n = scores.shape[-1]\n"
+            "    return scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float('-inf'))\n"
+            "    ### END SOLUTION", metadata=meta("causal_mask", solution=True)),
+        nbformat.v4.new_code_cell('check("causal_mask", apply_causal_mask)',
+                                  metadata=meta("check_causal_mask", grade=True, locked=True, points=1)),
+        nbformat.v4.new_code_cell("def sample_greedy(logits):\n    ### BEGIN SOLUTION\n    return logits.argmax(-1)\n"
+                                  "    ### END SOLUTION", metadata=meta("greedy", solution=True)),
+        nbformat.v4.new_code_cell('check("greedy", sample_greedy)',
+                                  metadata=meta("check_greedy", grade=True, locked=True, points=1)),
+    ]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+@pytest.mark.slow
+def test_a_cell_that_kills_the_kernel_costs_only_itself(tmp_path):
+    """The kernel dies in a student's cell (here: it kills itself, as the OOM killer would):
+    nbgrader alone abandons the whole notebook; here the kernel restarts and grading goes on."""
+    course = tmp_path / "course"
+    build(course, ["01"])  # config and grading kernel
+    src = tmp_path / "99_mini.ipynb"
+    nbformat.write(_mini_source(), src)
+    (course / "source" / "mini").mkdir(parents=True)
+    nbformat.write(instructor_notebook(src), course / "source" / "mini" / "99_mini.ipynb")
+    _nbgrader(course, "generate_assignment", "mini", "--force")
+    nb = nbformat.read(course / "release" / "mini" / "99_mini.ipynb", 4)
+    answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in _mini_source().cells}
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("solution"):
+            cell.source = answers[cell.metadata["nbgrader"]["grade_id"]]
+    nb.cells.insert(2, _load_submissions().new_cell(nb, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"))
+    folder = course / "submitted" / "crasher" / "mini"
+    folder.mkdir(parents=True)
+    nbformat.write(nb, folder / "99_mini.ipynb")
+    _nbgrader(course, "autograde", "mini", "--student", "crasher", "--force")
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        assert gb.find_submission("mini", "crasher").score == 2.0
+    graded = nbformat.read(course / "autograded" / "crasher" / "mini" / "99_mini.ipynb", 4)
+    assert any(o.get("ename") == "KernelDied" for c in graded.cells if c.cell_type == "code" for o in c.outputs)
+
+    # zip_collect: files downloaded from a learning-management system, named "<id>_..._<notebook>"
+    archive = course / "downloaded" / "mini" / "archive"
+    archive.mkdir(parents=True)
+    nbformat.write(nb, archive / "dora_attempt_2026-11-20_99_mini.ipynb")
+    _nbgrader(course, "zip_collect", "mini", "--force")
+    assert (course / "submitted" / "dora" / "mini" / "99_mini.ipynb").is_file()

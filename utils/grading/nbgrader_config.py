@@ -75,3 +75,10 @@ c.ClearHiddenTests.enforce_metadata = False
 
 # --- generating the student version ----------------------------------------------------------
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+
+# --- collecting from a learning-management system (nbgrader zip_collect) ---------------------
+# Files in downloaded/<assignment>/archive/ named "<student id>_<anything>_<NN_name>.ipynb".
+# (nbgrader matches it against the file's full path, hence the leading ".*/")
+c.FileNameCollectorPlugin.named_regexp = r".*/(?P<student_id>[^_/]+)_(?:[^/]*_)?(?P<file_id>\d\d_[A-Za-z0-9_]+\.ipynb)$"
+c.FileNameCollectorPlugin.valid_ext = [".ipynb"]
+c.ZipCollectApp.collector_plugin = "nbgrader.plugins.zipcollect.FileNameCollectorPlugin"
