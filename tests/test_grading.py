@@ -383,3 +383,35 @@ def test_a_cell_that_kills_the_kernel_costs_only_itself(tmp_path):
     nbformat.write(nb, archive / "dora_attempt_2026-11-20_99_mini.ipynb")
     _nbgrader(course, "zip_collect", "mini", "--force")
     assert (course / "submitted" / "dora" / "mini" / "99_mini.ipynb").is_file()
+
+
+@pytest.mark.slow
+def test_every_later_chapter_grades_its_reference_solution_with_full_marks(tmp_path):
+    """Chapters 2 onwards as assignments (chapter 1 is graded above): the reference answers,
+    submitted as a student's, get every point, hidden tests included."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nbgrader.api import Gradebook
+
+    from utils.grading.course import autograde
+
+    fixtures = _load_submissions()
+    course = tmp_path / "course"
+    build(course, None)
+    later = sorted(p for p in (ROOT / "solutions").glob("[0-9][0-9]_*.ipynb") if not p.name.startswith("01"))
+    for path in later:
+        name = f"ch{path.name[:2]}"
+        _nbgrader(course, "generate_assignment", name, "--force")
+        release = nbformat.read(course / "release" / name / path.name, 4)
+        folder = course / "submitted" / "reference" / name
+        folder.mkdir(parents=True)
+        nbformat.write(fixtures.fill_in(release, nbformat.read(path, 4)), folder / path.name)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda p: autograde(course, f"ch{p.name[:2]}", ["reference"])[0], later))
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        for path, (_, seconds, code) in zip(later, results):
+            name = f"ch{path.name[:2]}"
+            assert code == 0, (course / "autograde_logs" / f"{name}-reference.log").read_text()[-4000:]
+            sub = gb.find_submission(name, "reference")
+            print(f"\n{name}: {sub.score:g}/{sub.max_score:g} in {seconds:.0f} s")
+            assert sub.max_score >= 10 and sub.score == sub.max_score, name
