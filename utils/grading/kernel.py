@@ -74,7 +74,7 @@ def sandbox_command(kernel_argv: list[str], connection_file: str, workdir: str) 
         if path and resolved.is_dir() and resolved != ROOT and ROOT not in resolved.parents:
             pythons.add(path)  # the course folder itself: only the toolkit, below
     for path in sorted(pythons, key=len):
-        if not path.startswith(("/usr/", "/tmp/")) and path != "/usr":
+        if not path.startswith("/usr/") and path != "/usr":  # /usr is bound above
             cmd += ["--ro-bind", path, path]
     # The toolkit and the exercise checks, not the rest of the course folder (solutions/!).
     for sub in ("utils", "tests/exercises", "pyproject.toml"):
