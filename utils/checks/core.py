@@ -178,7 +178,7 @@ def _arg_names(fn: Callable, args: tuple) -> list[str]:
     return [params[i] if i < len(params) else f"argument {i}" for i in range(len(args))]
 
 
-def reference_code(reference: Any) -> set[types.CodeType]:
+def reference_code(reference: Any) -> list[types.CodeType]:
     """The code objects of a reference implementation: a function's own code, or the methods
     a reference class defines (except ``__init__``: a learner's class may inherit the provided
     constructor without copying the solution)."""
@@ -190,17 +190,19 @@ def reference_code(reference: Any) -> set[types.CodeType]:
             fns += [v for k, v in vars(klass).items() if k != "__init__"]
     else:
         fns.append(reference)
-    codes = set()
+    # A list, not a set: code objects compare equal by content, and two equal methods must
+    # both be watched (``watching`` matches by identity).
+    codes = []
     for fn in fns:
         fn = getattr(fn, "__func__", fn)
         code = getattr(fn, "__code__", None)
         if code is not None:
-            codes.add(code)
+            codes.append(code)
     return codes
 
 
 @contextlib.contextmanager
-def watching(codes: set[types.CodeType] | None, hits: list[str]) -> Iterator[None]:
+def watching(codes: list[types.CodeType] | None, hits: list[str]) -> Iterator[None]:
     """Note in ``hits`` every call into one of ``codes`` (the reference) while the block runs."""
     if not codes:
         yield
@@ -223,7 +225,7 @@ def watching(codes: set[types.CodeType] | None, hits: list[str]) -> Iterator[Non
 class RunContext:
     """What an exercise's ``run`` gets: seeded inputs and guarded calls into learner code."""
 
-    def __init__(self, exercise: Exercise, case: dict, guarded: bool, watch: set | None = None,
+    def __init__(self, exercise: Exercise, case: dict, guarded: bool, watch: list | None = None,
                  hits: list[str] | None = None):
         self.exercise = exercise
         self.case = case
@@ -336,7 +338,7 @@ def _detach(x: Any) -> Any:
     return x
 
 
-def run_cases(exercise: Exercise, impl: Any, guarded: bool, watch: set | None = None,
+def run_cases(exercise: Exercise, impl: Any, guarded: bool, watch: list | None = None,
               hits: list[str] | None = None) -> list[dict]:
     outputs = []
     for case in exercise.cases:
