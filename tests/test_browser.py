@@ -371,3 +371,103 @@ def test_missing_browser_skips_locally_but_fails_in_ci(monkeypatch, tmp_path, ci
     monkeypatch.setenv("CI", ci)
     with pytest.raises(pytest.fail.Exception if ci else pytest.skip.Exception, match="chromium"):
         _require_browser()
+
+
+# --- the learner's lab, as ./course lab starts it --------------------------------------------
+
+LEARNER_LAB_JS = r"""
+const app = window.jupyterapp;
+if (!app || !app.shell) return 'JupyterLab not loaded';
+const panel = app.shell.currentWidget;
+if (!panel || !panel.context || !panel.context.isReady) return 'no document open yet';
+const text = el => (el.textContent || '').trim();
+const menus = Array.from(document.querySelectorAll('.lm-MenuBar-itemLabel')).map(text);
+const titles = Array.from(document.querySelectorAll('[title], [data-id], .lm-TabBar-tabLabel, button, .jp-ToolbarButtonComponent-label'))
+  .map(e => [e.getAttribute('title') || '', e.getAttribute('data-id') || '', text(e)].join(' | '));
+const plugins = app.listPlugins ? app.listPlugins().filter(id => id.includes('nbgrader')) : [];
+const browser = Array.from(document.querySelectorAll('.jp-DirListing-itemName')).map(text);
+return {path: panel.context.path, menus, plugins, browser,
+        teacher: titles.filter(t => /create assignment|validate|formgrader|nbgrader/i.test(t))};
+"""
+
+
+@pytest.mark.timeout(600)
+def test_course_lab_opens_chapter_1_at_the_root_without_teacher_tools(browser, tmp_path):
+    """``./course lab`` itself (with this environment): chapter 1 in front, the repository root
+    in the file browser, no nbgrader menu, Create Assignment panel or Validate button, and no
+    complaints about a missing nbgrader_config.py in the server's log."""
+    chapter = ROOT / "chapters" / "01_transformer_from_scratch.ipynb"
+    before = chapter.read_bytes()
+    state = tmp_path / "jupyter"
+    env = {k: v for k, v in os.environ.items() if k not in ("JUPYTER_TOKEN", "JUPYTER_CONFIG_PATH")}
+    env.update(COURSE_VENV=sys.prefix, JUPYTER_CONFIG_DIR=str(state / "config"),
+               JUPYTER_RUNTIME_DIR=str(state / "runtime"), JUPYTER_DATA_DIR=str(state / "data"),
+               JUPYTERLAB_WORKSPACES_DIR=str(state / "workspaces"), IPYTHONDIR=str(state / "ipython"))
+    port, token = free_port(), secrets.token_hex(16)
+    log_path = tmp_path / "course-lab.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            ["bash", str(ROOT / "course"), "lab", "--no-browser", "--LabApp.expose_app_in_browser=True",
+             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+             f"--IdentityProvider.token={token}"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server_log = lambda: log_path.read_text(errors="replace")  # noqa: E731
+    try:
+        # The address `./course lab` would open in the learner's browser: Jupyter writes it
+        # into the runtime folder's jpserver-file-to-run-<pid>-open.html.
+        deadline = time.monotonic() + 180
+        target = None
+        while target is None:
+            if server.poll() is not None:
+                pytest.fail(f"./course lab exited with {server.returncode}\n{server_log()[-4000:]}")
+            for page in (state / "runtime").glob("jpserver-file-to-run-*-open.html"):
+                found = re.search(r'href="([^"]+)"', page.read_text(encoding="utf-8"))
+                target = found.group(1) if found else None
+            if time.monotonic() > deadline:
+                pytest.fail(f"./course lab wrote no browser page within 180 s\n{server_log()[-4000:]}")
+            time.sleep(1)
+        assert "/lab/tree/chapters/01_transformer_from_scratch.ipynb" in target, target
+        browser.get(target.replace("localhost", "127.0.0.1"))
+
+        def ready():
+            s = browser.execute_script(LEARNER_LAB_JS)
+            return s if isinstance(s, dict) and s["browser"] and s["menus"] else str(s)
+
+        seen = wait_for(browser, "chapter 1 to open in the learner's lab", ready, 180,
+                        describe=lambda: server_log()[-4000:])
+        time.sleep(2)  # late plugins (toolbars, side panels) have had time to appear
+        seen = browser.execute_script(LEARNER_LAB_JS)
+        screenshot(browser, tmp_path / "course-lab.png")
+        print(json.dumps(seen))
+        assert seen["path"] == "chapters/01_transformer_from_scratch.ipynb", seen
+        assert "01_transformer_from_scratch.ipynb" in seen["browser"], seen["browser"]
+        # The server's root is the repository, so what the prose points to is one click away:
+        # the breadcrumb's root, and the relative links in the chapter.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents?token={token}", timeout=30) as r:
+            root_names = {item["name"] for item in json.load(r)["content"]}
+        assert {"chapters", "solutions", "utils"} <= root_names, root_names
+        # chapter 1's first cell links to its solutions (JupyterLab rewrites the relative link)
+        browser.execute_script("""
+            const a = Array.from(document.querySelectorAll('.jp-RenderedMarkdown a'))
+                .find(a => (a.getAttribute('href') || '').includes('/solutions/01_transformer_from_scratch.ipynb'));
+            if (!a) throw new Error('chapter 1 has no rendered link to its solutions');
+            a.click();""")
+        wait_for(browser, "the link to the solutions to open them", lambda: (
+            browser.execute_script("return window.jupyterapp.shell.currentWidget.context.path")
+            == "solutions/01_transformer_from_scratch.ipynb") or "not yet", 60)
+        assert "File" in seen["menus"] and not any("nbgrader" in m.lower() for m in seen["menus"]), seen["menus"]
+        assert seen["plugins"] == [], f"nbgrader's lab plugins are loaded: {seen['plugins']}"
+        assert seen["teacher"] == [], f"teacher tools are shown: {seen['teacher']}"
+        assert "nbgrader_config" not in server_log(), server_log()[-4000:]
+        assert "nbgrader" not in server_log().lower(), "nbgrader's server extensions were loaded"
+    finally:
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/api/shutdown?token={token}", method="POST")
+            urllib.request.urlopen(req, timeout=10).close()
+            server.wait(timeout=30)
+        except Exception:
+            pass
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    assert chapter.read_bytes() == before, "opening the lab changed the learner's chapter"

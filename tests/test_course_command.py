@@ -240,3 +240,22 @@ def test_binder_starts_the_learners_lab_too():
     out = subprocess.run([str(start), "bash", "-c", 'echo "$JUPYTER_CONFIG_PATH"'], env=env,
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == f"{ROOT}/utils/learner_lab"
+
+
+def test_every_relative_link_in_the_notebooks_opens_a_file():
+    """Links such as [utils/training.py](../utils/training.py) open in JupyterLab, whose root
+    ``./course lab`` sets to the repository."""
+    import nbformat
+
+    links = 0
+    for folder in ("solutions", "chapters"):
+        for path in sorted((ROOT / folder).glob("*.ipynb")):
+            for cell in nbformat.read(path, as_version=4).cells:
+                if cell.cell_type != "markdown":
+                    continue
+                for target in re.findall(r"\]\(([^)\s]+)\)", cell.source):
+                    if re.match(r"[a-z]+:|#", target):
+                        continue
+                    links += 1
+                    assert (path.parent / target.split("#")[0]).is_file(), f"{path.name}: broken link {target}"
+    assert links >= 6, "chapter 1 links to its solutions and to the toolkit files it tells you to read"
