@@ -112,7 +112,23 @@ def check(name: str, impl: Any, hidden: bool = False) -> None:
     ``hidden=True`` runs the exercise's hidden tests (nbgrader's hidden test region): other
     random inputs and extra shapes. When nbgrader grades the notebook, this only records the
     outputs of ``impl``; the judging happens outside the notebook (see ``utils.grading``).
+
+    Nothing but ``CheckFailed`` leaves this function: an unexpected error inside the checker
+    becomes a verdict that says what to do.
     """
+    try:
+        return _check(name, impl, hidden)
+    except CheckFailed:
+        raise
+    except Exception as e:  # noqa: BLE001 (the point: a verdict, never a raw traceback)
+        raise CheckFailed(
+            f"✗ {name}: the check itself could not finish ({type(e).__name__}: {e}).\n"
+            "  This is not a verdict on your code. Restart the kernel (Kernel ▸ Restart Kernel), run the\n"
+            "  cells above this one again, then this check; if it happens again, please report it."
+        ) from None
+
+
+def _check(name: str, impl: Any, hidden: bool = False) -> None:
     from utils import grading
 
     ex = get_exercise(name)

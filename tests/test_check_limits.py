@@ -1,0 +1,184 @@
+"""Time limits that give the right verdict on a busy machine and in a fresh kernel, and a
+checker that never lets anything but CheckFailed escape."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from utils import transformer as ref
+from utils.checks import CheckFailed, check, core, get_exercise
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def failure(name, impl) -> str:
+    with pytest.raises(CheckFailed) as info:
+        check(name, impl)
+    return str(info.value)
+
+
+def test_first_training_check_in_a_fresh_kernel_survives_torchs_lazy_import():
+    """The first optimizer.step() imports torch._dynamo (seconds; 28 s on a loaded machine).
+    With a limit far below that import, a correct train_step still passes, the import finishes
+    (no half-initialised module), and a second training check works."""
+    script = textwrap.dedent("""
+        import sys, torch
+        assert "torch._dynamo" not in sys.modules, "torch._dynamo already imported: the test proves nothing"
+        from utils.checks import check, core, get_exercise
+        core._reference_seconds = lambda exercise, case: 0.0   # no slow-machine allowance: only the import rule
+        for name in ("train_step", "toy_train_step"):
+            get_exercise(name).time_limit = 0.05
+        from utils.transformer import lm_cross_entropy
+        def train_step(model, optimizer, tokens):
+            loss = lm_cross_entropy(model(tokens), tokens)
+            optimizer.zero_grad(); loss.backward(); optimizer.step()
+            return loss.item()
+        check("train_step", train_step)
+        import torch._dynamo
+        assert callable(torch._dynamo.reset), "torch._dynamo was left half-initialised"
+        def toy_train_step(model, optimizer, x, importance):
+            out = model(x)
+            loss = (importance * (x - out) ** 2).mean(dim=(0, 2)).sum()
+            optimizer.zero_grad(); loss.backward(); optimizer.step()
+            return loss.item()
+        check("toy_train_step", toy_train_step)
+        print("OK")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr
+
+
+def _hogs(n: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def test_a_correct_answer_passes_on_a_loaded_machine(monkeypatch):
+    """A limit of 3 × the reference's CPU time, with twice as many busy processes as cores
+    beside it: the wall-clock time of the check exceeds the limit, the CPU time does not."""
+    ex = get_exercise("patch_head_outputs")
+    start = time.process_time()
+    for case in ex.cases:
+        core.run_case(ex, case, ex.reference, guarded=False)
+    reference = time.process_time() - start
+    monkeypatch.setattr(ex, "time_limit", max(3 * reference / len(ex.cases), 0.2))
+    monkeypatch.setattr(core, "_reference_seconds", lambda exercise, case: 0.0)
+    hogs = _hogs(2 * (os.cpu_count() or 2))
+    try:
+        time.sleep(0.5)
+        wall = time.monotonic()
+        check("patch_head_outputs", ex.reference.__wrapped__ if hasattr(ex.reference, "__wrapped__") else _copy_of(ex.reference))
+        wall = time.monotonic() - wall
+    finally:
+        for h in hogs:
+            h.kill()
+    print(f"limit {ex.time_limit:.2f} s CPU per case; check took {wall:.2f} s wall under load")
+
+
+def _copy_of(fn):
+    """The reference's code as a function of the learner's (check() refuses the reference itself)."""
+    import types
+    return types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+def test_waiting_forever_is_stopped_by_the_wall_clock_cap(monkeypatch):
+    monkeypatch.setattr(get_exercise("layernorm"), "time_limit", 0.3)
+    monkeypatch.setattr(core, "WALL_SLACK", 1.0)
+
+    class Sleeps(ref.LayerNorm):
+        def forward(self, x):
+            while True:
+                time.sleep(0.05)
+
+    start = time.monotonic()
+    msg = failure("layernorm", Sleeps)
+    assert time.monotonic() - start < 30
+    assert "and was stopped" in msg and "input" in msg and "infinite loop" in msg
+
+
+def test_the_slow_case_is_named(monkeypatch):
+    ex = get_exercise("layernorm")
+    monkeypatch.setattr(ex, "time_limit", 0.3)
+
+    class SlowOnBigInputs(ref.LayerNorm):
+        def forward(self, x):
+            if x.shape[0] > 2:
+                while True:
+                    pass
+            return super().forward(x)
+
+    msg = failure("layernorm", SlowOnBigInputs)
+    assert "and was stopped" in msg, msg
+    named = [c for c in ex.cases if f"on input {ex.describe(c)} and was stopped" in msg]
+    assert named and named[0] is not ex.cases[0] or len(ex.cases) == 1, msg
+
+
+def test_a_misspelled_forward_is_named():
+    class Foward(torch.nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(cfg.d_model))
+            self.b = torch.nn.Parameter(torch.zeros(cfg.d_model))
+
+        def foward(self, x):
+            return x
+
+    msg = failure("layernorm", Foward)
+    assert "no `forward` method" in msg and "`foward`: did you mean `forward`?" in msg
+    assert "not implemented" not in msg
+
+    class NoForward(torch.nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(cfg.d_model))
+            self.b = torch.nn.Parameter(torch.zeros(cfg.d_model))
+
+    msg = failure("layernorm", NoForward)
+    assert "no `forward` method" in msg and "did you mean" not in msg
+
+
+def test_nothing_but_checkfailed_escapes(monkeypatch):
+    ex = get_exercise("layernorm")
+
+    def broken_run(impl, ctx):
+        raise KeyError("an internal key")
+
+    monkeypatch.setattr(ex, "run", broken_run)
+    msg = failure("layernorm", type("Mine", (ref.LayerNorm,), {}))
+    assert "the check itself could not finish" in msg and "KeyError" in msg and "Restart the kernel" in msg
+
+
+def test_outputs_the_judge_cannot_compare_get_a_verdict(monkeypatch):
+    ex = get_exercise("layernorm")
+
+    def odd_judge(exercise, outputs, references, mistakes):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(ex, "judge", odd_judge)
+    msg = failure("layernorm", type("Mine", (ref.LayerNorm,), {}))
+    assert "could not be compared with the reference" in msg
+
+
+def test_verdicts_name_outputs_not_internal_keys():
+    def train_step(model, optimizer, tokens):  # forgets optimizer.step()
+        from utils.transformer import lm_cross_entropy
+        loss = lm_cross_entropy(model(tokens), tokens)
+        optimizer.zero_grad(); loss.backward()
+        return loss.item()
+
+    msg = failure("train_step", train_step)
+    assert "your output `losses`" in msg and "['" not in msg
+
+    class Shifted(ref.LayerNorm):
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    msg = failure("layernorm", Shifted)
+    assert "your output differs" in msg and "['out']" not in msg, msg
