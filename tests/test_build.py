@@ -281,3 +281,32 @@ def test_chapters_are_up_to_date():
             pytest.skip(f"chapters edited since they were generated (your own work?): {', '.join(edited)}; CI checks them")
     problems = build.check(build.SOURCE_DIR, build.OUTPUT_DIR)
     assert not problems, "chapters/ is out of date; run ./course build\n" + "\n".join(problems)
+
+
+def test_check_tells_a_learner_with_an_edited_chapter_what_to_do(dirs, capsys):
+    """--check must not send a learner to `./course build`, which refuses to overwrite their work."""
+    src, out = dirs
+    assert run(src, out) == 0
+    nb = nbformat.read(out / NAME, as_version=4)
+    nb.cells[-1].source += "\n# my answer"
+    nbformat.write(nb, out / NAME)
+    write_variant(src, lambda nb: setattr(nb.cells[0], "source", "# A new title"))
+    assert run(src, out, "--check") == 1
+    err = capsys.readouterr().err
+    assert f"edited: {out / NAME}" in err and "keep it" in err and "move your copy away" in err, err
+    assert run(src, out) == 1  # and the build indeed refuses
+    assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_grading_build_hint_activates_the_environment(tmp_path, monkeypatch):
+    import sys
+
+    from utils.grading.course import next_step_hint
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "activate").write_text("")
+    monkeypatch.setattr(sys, "prefix", str(venv))
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    hint = next_step_hint(tmp_path / "my course")
+    assert hint.startswith(f"Next: source {venv}/bin/activate && cd '{tmp_path}/my course' && nbgrader generate_assignment ch01")

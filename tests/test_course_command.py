@@ -259,3 +259,13 @@ def test_every_relative_link_in_the_notebooks_opens_a_file():
                     links += 1
                     assert (path.parent / target.split("#")[0]).is_file(), f"{path.name}: broken link {target}"
     assert links >= 6, "chapter 1 links to its solutions and to the toolkit files it tells you to read"
+
+
+def test_pyproject_license_is_an_spdx_string():
+    """The table form (license = {text = ...}) makes setuptools print deprecation banners on install."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["license"] == "MIT"
+    assert any(r.startswith("setuptools>=") and int(r.split(">=")[1].split(".")[0]) >= 77
+               for r in project["build-system"]["requires"]), "SPDX license strings need setuptools >= 77"

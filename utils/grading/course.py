@@ -20,6 +20,7 @@ import argparse
 import ast
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -139,6 +140,14 @@ def autograde(course_dir: Path, assignment: str, students: list[str] | None = No
         return list(pool.map(one, students))
 
 
+def next_step_hint(course_dir: Path) -> str:
+    """What to run next, including activating the environment nbgrader is installed in."""
+    activate = Path(sys.prefix) / "bin" / "activate"
+    prefix = f"source {shlex.quote(str(activate))} && " if sys.prefix != sys.base_prefix and activate.is_file() else ""
+    return (f"Next: {prefix}cd {shlex.quote(str(course_dir))} && nbgrader generate_assignment ch01"
+            " (see README, 'Teaching with this course').")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.grading", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,5 +169,5 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if all(code == 0 for _, _, code in results) else 1
     for line in build(args.course_dir, args.chapters, args.force):
         print(line)
-    print(f"\nNext: cd {args.course_dir} && nbgrader generate_assignment ch01 (see README, 'Teaching with this course').")
+    print("\n" + next_step_hint(args.course_dir))
     return 0
