@@ -229,14 +229,22 @@ HARNESS = textwrap.dedent(r'''
 ''')
 
 
-def run_cell(path: Path, tmp_path: Path, on_colab: bool, runs: int = 1) -> tuple[dict, Path]:
-    """Run the notebook's set-up cell in a fresh interpreter, with /content moved to tmp_path."""
+PUBLISHED = "https://github.com/alice/mi-course"  # a published copy (set-repo or ./course build in a clone)
+
+
+def run_cell(path: Path, tmp_path: Path, on_colab: bool, runs: int = 1, repo_url: str | None = PUBLISHED,
+             expect_ok: bool = True) -> tuple[dict, Path]:
+    """Run the notebook's set-up cell in a fresh interpreter, with /content moved to tmp_path
+    and the repository address replaced by ``repo_url`` (None: keep the placeholder)."""
     _, cell = setup_cell(path)
     content = tmp_path / "content"
     course_dir = content / "mechinterp-course"
     literal = json.dumps(colab.COLAB_DIR)
     assert cell.source.count(literal) == 1, f"expected {literal} once in the set-up cell"
     source = cell.source.replace(literal, json.dumps(str(course_dir)))
+    if repo_url:
+        assert source.count(json.dumps(colab.COURSE_REPO_URL)) == 1
+        source = source.replace(json.dumps(colab.COURSE_REPO_URL), json.dumps(repo_url))
     (tmp_path / "cell.py").write_text(source, encoding="utf-8")
     (tmp_path / "harness.py").write_text(HARNESS, encoding="utf-8")
     # What the clone would contain, as far as the cell and utils/colab.py care.
@@ -251,6 +259,8 @@ def run_cell(path: Path, tmp_path: Path, on_colab: bool, runs: int = 1) -> tuple
         [sys.executable, str(tmp_path / "harness.py"), str(tmp_path / "cell.py"), str(fake),
          "1" if on_colab else "0", str(runs)],
         cwd=content, env=env, capture_output=True, text=True, timeout=120)
+    if not expect_ok:
+        return {"returncode": proc.returncode, "stderr": proc.stderr, "stdout": proc.stdout}, course_dir
     assert proc.returncode == 0, f"the set-up cell failed:\n{proc.stdout}\n{proc.stderr}"
     return json.loads(proc.stdout.strip().splitlines()[-1]), course_dir
 
@@ -264,7 +274,7 @@ def test_setup_cell_on_colab_installs_the_course_but_never_torch(path, tmp_path)
     assert not [c for c in calls if c[0] == "FORBIDDEN"], calls
     # cloned once (the second run finds the clone), from the constant, into the course folder
     assert len(git) == 1, git
-    assert git[0][:2] == ["git", "clone"] and colab.COURSE_REPO_URL in git[0] and git[0][-1] == str(course_dir)
+    assert git[0][:2] == ["git", "clone"] and PUBLISHED in git[0] and git[0][-1] == str(course_dir)
     # pip: the course itself editable without its dependencies, then the listed packages
     assert pip, "nothing was installed"
     for args in pip:
@@ -282,6 +292,43 @@ def test_setup_cell_on_colab_installs_the_course_but_never_torch(path, tmp_path)
     assert result["imported"] == str(course_dir / "utils" / "colab.py")
     assert result["path_head"][0] == str(course_dir) and result["path_head"][1] != str(course_dir)
     assert Path(result["cwd"]) == course_dir / "chapters"
+
+
+def test_setup_cell_with_the_placeholder_address_says_what_to_do(tmp_path):
+    assert colab.is_placeholder(), "this test is about an unpublished copy"
+    result, course_dir = run_cell(SOLUTIONS[0], tmp_path, on_colab=True, repo_url=None, expect_ok=False)
+    assert result["returncode"] != 0
+    assert "COURSE_REPO_URL above is still the placeholder" in result["stderr"], result["stderr"]
+    assert "run this cell again" in result["stderr"] and "set-repo" in result["stderr"]
+    assert "git" not in result["stdout"] and not course_dir.exists(), "nothing is cloned"
+
+
+def _git_clone_with_origin(tmp_path: Path, origin: str) -> Path:
+    root = tmp_path / "clone"
+    for rel in ("utils/colab.py", "README.md", *(f"solutions/{p.name}" for p in SOLUTIONS)):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, root / rel)
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "remote", "add", "origin", origin], check=True)
+    return root
+
+
+@pytest.mark.parametrize("origin", ["https://github.com/bob/course.git", "git@github.com:bob/course.git",
+                                    "ssh://git@github.com/bob/course"])
+def test_build_in_a_github_clone_adopts_its_origin(tmp_path, origin):
+    root = _git_clone_with_origin(tmp_path, origin)
+    url, changed = colab.adopt_origin(root)
+    assert url == "https://github.com/bob/course"
+    assert {p.name for p in changed} >= {"colab.py", "README.md", *CHAPTERS}
+    text = (root / "README.md").read_text(encoding="utf-8")
+    assert "mybinder.org/v2/gh/bob/course/HEAD" in text and "/OWNER/" not in text
+    assert colab.adopt_origin(root) is None, "an address already set is left alone"
+
+
+def test_build_elsewhere_leaves_the_placeholder(tmp_path):
+    root = _git_clone_with_origin(tmp_path, "/srv/git/course.git")  # a CI clone from a local path
+    assert colab.adopt_origin(root) is None
+    assert colab.is_placeholder(colab._current_url(root))
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)

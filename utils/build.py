@@ -451,6 +451,18 @@ def build(src_dir: Path = SOURCE_DIR, out_dir: Path = OUTPUT_DIR, names: list[st
     return written
 
 
+def _adopt_origin() -> None:
+    """A fresh clone of a published fork: its badges and Colab set-up cells still name the
+    placeholder repository; point them at the clone's own GitHub ``origin``."""
+    from utils import colab
+
+    adopted = colab.adopt_origin(SOURCE_DIR.parent)
+    if adopted:
+        url, changed = adopted
+        print(f"the Colab/Binder badges and set-up cells now point at {url} (this clone's origin): "
+              f"updated {', '.join(str(p.relative_to(SOURCE_DIR.parent)) for p in changed)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m utils.build",
@@ -482,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(f"{args.out.name}/ is up to date with {args.src.name}/")
             return 0
+        if Path(args.src).resolve() == SOURCE_DIR.resolve():
+            _adopt_origin()
         build(args.src, args.out, args.notebooks or None, force=args.force, prune=args.prune)
         return 0
     except BuildError as e:

@@ -51,6 +51,12 @@ import sys
 if "google.colab" in sys.modules:
     import os, subprocess
     COURSE_REPO_URL, COURSE_DIR = "{url}", "{dir}"
+    if "/OWNER/" in COURSE_REPO_URL:  # this copy was never told its own address
+        raise RuntimeError("COURSE_REPO_URL above is still the placeholder, so there is nothing to clone. "
+                           "Replace it with the address of the GitHub repository you opened this notebook "
+                           "from (https://github.com/NAME/REPO) and run this cell again. Maintainers: run "
+                           "`./course build` in a clone whose origin is on GitHub, or `python -m utils.colab "
+                           "set-repo URL`, and push.")
     if not os.path.isdir(COURSE_DIR):
         subprocess.run(["git", "clone", "--quiet", "--depth=1", COURSE_REPO_URL, COURSE_DIR], check=True)
     sys.path.insert(0, COURSE_DIR)
@@ -147,6 +153,37 @@ def set_repo(new_url: str, root: Path | None = None) -> list[Path]:
             path.write_text(updated, encoding="utf-8")
             changed.append(path)
     return changed
+
+
+_REMOTE = re.compile(r"(?:https://|ssh://git@|git@)github\.com[:/]([\w.-]+)/([\w.-]+?)(?:\.git)?/?")
+
+
+def is_placeholder(url: str = COURSE_REPO_URL) -> bool:
+    return repo_slug(url).split("/")[0] == "OWNER"
+
+
+def origin_url(root: Path) -> str | None:
+    """https://github.com/owner/name of the git clone's ``origin``, when it is on GitHub."""
+    try:
+        out = subprocess.run(["git", "-C", str(root), "remote", "get-url", "origin"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = _REMOTE.fullmatch(out.stdout.strip()) if out.returncode == 0 else None
+    return f"https://github.com/{match.group(1)}/{match.group(2)}" if match else None
+
+
+def adopt_origin(root: Path | None = None) -> tuple[str, list[Path]] | None:
+    """If the address is still the placeholder and this is a clone of a GitHub repository,
+    point every copy at that repository (``./course build`` does this). Returns (url, files
+    changed), or None when nothing was done."""
+    root = Path(__file__).resolve().parents[1] if root is None else Path(root)
+    if not is_placeholder(_current_url(root)):
+        return None
+    url = origin_url(root)
+    if url is None:
+        return None
+    return url, set_repo(url, root=root)
 
 
 def _current_url(root: Path) -> str:
