@@ -182,3 +182,49 @@ def test_verdicts_name_outputs_not_internal_keys():
 
     msg = failure("layernorm", Shifted)
     assert "your output differs" in msg and "['out']" not in msg, msg
+
+
+# --- notes: accepted, but worth a line in the verdict ---------------------------------------
+
+
+def passes_with(capsys, name, impl) -> str:
+    check(name, impl)
+    out = capsys.readouterr().out
+    assert f"✓ {name}" in out, out
+    return out
+
+
+def test_printing_megabytes_is_cut_and_noted(capsys):
+    class Chatty(ref.LayerNorm):
+        def forward(self, x):
+            for _ in range(200):
+                print(x.tolist())
+            return super().forward(x)
+
+    out = passes_with(capsys, "layernorm", Chatty)
+    assert "note: your code printed" in out and ("MB" in out or "kB" in out), out[-500:]
+    assert len(out) < 6000, f"{len(out)} characters reached the notebook"
+
+
+def test_float64_output_is_noted(capsys):
+    class Doubles(ref.LayerNorm):
+        def forward(self, x):
+            return super().forward(x.double())
+
+    out = passes_with(capsys, "layernorm", Doubles)
+    assert "note: your output is float64 where the reference is float32" in out
+
+
+def test_reseeding_inside_learner_code_is_noted(capsys):
+    class Reseeds(ref.LayerNorm):
+        def forward(self, x):
+            torch.manual_seed(0)
+            return super().forward(x)
+
+    out = passes_with(capsys, "layernorm", Reseeds)
+    assert "calls torch.manual_seed" in out
+
+
+def test_a_plain_correct_answer_gets_no_notes(capsys):
+    out = passes_with(capsys, "layernorm", type("Mine", (ref.LayerNorm,), {}))
+    assert "note:" not in out

@@ -138,11 +138,14 @@ def _check(name: str, impl: Any, hidden: bool = False) -> None:
     if grading_session is not None:
         return _record(ex, impl, "hidden" if hidden else "visible", grading_session)
     _validate(ex, impl)
-    outputs = collect(ex, impl)
-    judge(ex, outputs)
+    notes: list[str] = []
+    outputs = collect(ex, impl, notes=notes)
+    notes += judge(ex, outputs) or []
     n = len(ex.cases)
     what = "hidden tests" if hidden else f"input{'s' if n > 1 else ''}"
     print(f"✓ {ex.name}: {ex.title} matches the reference on {n} {what}.")
+    for note in notes:
+        print(f"  note: {note}")
 
 
 def _record(ex: Exercise, impl: Any, suite: str, session) -> None:

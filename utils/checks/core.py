@@ -273,8 +273,9 @@ class RunContext:
     """What an exercise's ``run`` gets: seeded inputs and guarded calls into learner code."""
 
     def __init__(self, exercise: Exercise, case: dict, guarded: bool, watch: list | None = None,
-                 hits: list[str] | None = None):
+                 hits: list[str] | None = None, notes: list[str] | None = None):
         self.exercise = exercise
+        self.notes = notes if notes is not None else []  # one-line remarks for the verdict
         self.case = case
         self.guarded = guarded
         self.gen = torch.Generator().manual_seed(case.get("seed", 0))
@@ -328,6 +329,7 @@ class RunContext:
         _require_forward(fn)
         names = _arg_names(fn, args)
         before = [(n, a, a.detach().clone()) for n, a in zip(names, args) if isinstance(a, Tensor)]
+        seed = torch.initial_seed()
         try:
             with watching(self.watch, self.hits):
                 out = fn(*args, **kwargs)
@@ -340,6 +342,9 @@ class RunContext:
                 f"your code raised {type(e).__name__} on input {self.exercise.describe(self.case)}:\n\n"
                 + learner_traceback(e)
             ) from e
+        if torch.initial_seed() != seed:
+            _note(self.notes, f"your {_name(fn)} calls torch.manual_seed: then every call repeats the same random "
+                  "numbers. Seed once, at the top of a notebook or script, never inside a function.")
         for n, a, copy in before:
             if a.shape != copy.shape or not torch.equal(a.detach(), copy):
                 raise LearnerError(
@@ -348,6 +353,72 @@ class RunContext:
                     "Work on a new tensor instead (`x = x - ...`): callers still need the original."
                 )
         return out
+
+
+def _note(notes: list[str], text: str) -> None:
+    if text not in notes:
+        notes.append(text)
+
+
+class _PrintLimit:
+    """sys.stdout while learner code runs: passes the first ``limit`` characters through,
+    counts the rest (a print in a loop over a whole tensor can send megabytes to the notebook)."""
+
+    def __init__(self, real, limit: int = 4000):
+        self.real, self.limit, self.chars, self.lines = real, limit, 0, 0
+
+    def write(self, text: str) -> int:
+        text = str(text)
+        shown = max(0, self.limit - self.chars)
+        self.chars += len(text)
+        self.lines += text.count("\n")
+        if shown:
+            self.real.write(text[:shown])
+        return len(text)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def __getattr__(self, name):  # encoding, isatty, ...
+        return getattr(self.real, name)
+
+
+@contextlib.contextmanager
+def print_limit(notes: list[str], title: str, limit: int = 4000) -> Iterator[None]:
+    real = sys.stdout
+    counter = _PrintLimit(real, limit)
+    sys.stdout = counter
+    try:
+        yield
+    finally:
+        sys.stdout = real
+        if counter.chars > limit:
+            size = f"{counter.chars / 1e6:.1f} MB" if counter.chars >= 1e6 else f"{counter.chars / 1e3:.0f} kB"
+            _note(notes, f"your code printed {size} ({counter.lines} lines) while being checked; only the first "
+                  f"{limit} characters are shown. Remove debugging prints from {title} before you use it in a loop.")
+
+
+def dtype_notes(outputs: list[dict], references: list[dict]) -> list[str]:
+    """Outputs in float64 where the reference is float32: right values, but twice the memory,
+    and a dtype mismatch error as soon as they meet float32 weights in a matmul."""
+    found: set[str] = set()
+
+    def walk(name: str, got: Any, want: Any) -> None:
+        if isinstance(want, dict) and isinstance(got, dict):
+            for k in want:
+                walk(name if k == "out" else f"output `{k}`", got.get(k), want[k])
+        elif isinstance(want, (list, tuple)) and isinstance(got, (list, tuple)):
+            for g, w in zip(got, want):
+                walk(name, g, w)
+        elif isinstance(want, Tensor) and isinstance(got, Tensor):
+            if got.dtype == torch.float64 and want.dtype == torch.float32:
+                found.add(name)
+
+    for got, want in zip(outputs, references):
+        walk("output", got, want)
+    return [f"your {name} is float64 where the reference is float32 (a float64 tensor, a NumPy array or "
+            "torch.tensor of Python floats in your computation?). It passes, but it takes twice the memory and "
+            "fails with a dtype error when it meets float32 weights." for name in sorted(found)]
 
 
 def _require_forward(obj: Any) -> None:
@@ -411,8 +482,8 @@ def run_cases(exercise: Exercise, impl: Any, guarded: bool, watch: list | None =
 
 
 def run_case(exercise: Exercise, case: dict, impl: Any, guarded: bool, watch: list | None = None,
-             hits: list[str] | None = None) -> dict:
-    ctx = RunContext(exercise, case, guarded, watch, hits)
+             hits: list[str] | None = None, notes: list[str] | None = None) -> dict:
+    ctx = RunContext(exercise, case, guarded, watch, hits, notes)
     with preserved_state():
         return _detach(exercise.run(impl, ctx))
 
@@ -421,14 +492,22 @@ def _reference_seconds(exercise: Exercise, case: dict) -> float:
     return _cpu_seconds(lambda: run_case(exercise, case, exercise.reference, guarded=False))
 
 
-def collect(exercise: Exercise, impl: Any, reference_calls: list[str] | None = None) -> list[dict]:
+def collect(exercise: Exercise, impl: Any, reference_calls: list[str] | None = None,
+            notes: list[str] | None = None) -> list[dict]:
     """Step 1: run the learner's ``impl`` on every case, under guards. Raises CheckFailed.
 
     Each case has its own time limit (``exercise.time_limit`` CPU seconds, or 20 times what the
     reference takes on this machine, whichever is larger). With a list as ``reference_calls``
     (when grading), calls from the learner's code into the exercise's reference implementation
-    are appended to it.
+    are appended to it. With a list as ``notes``, one-line remarks that are not failures
+    (printing a lot, reseeding) are appended to it.
     """
+    notes = [] if notes is None else notes
+    with print_limit(notes, exercise.title):
+        return _collect(exercise, impl, reference_calls, notes)
+
+
+def _collect(exercise: Exercise, impl: Any, reference_calls: list[str] | None, notes: list[str]) -> list[dict]:
     watch = reference_code(exercise.reference) if reference_calls is not None else None
     outputs = []
     for case in exercise.cases:
@@ -436,7 +515,7 @@ def collect(exercise: Exercise, impl: Any, reference_calls: list[str] | None = N
         for attempt in (1, 2):
             try:
                 with time_limit(limit):
-                    outputs.append(run_case(exercise, case, impl, True, watch, reference_calls))
+                    outputs.append(run_case(exercise, case, impl, True, watch, reference_calls, notes))
                 break
             except _Timeout:
                 # A slow machine? Measure the reference on this case and allow 20 times that.
@@ -613,8 +692,9 @@ def fail(exercise: Exercise, case: dict, problem: str, hint: Mistake | None) -> 
     raise CheckFailed("\n".join(lines))
 
 
-def judge(exercise: Exercise, outputs: list[dict]) -> None:
-    """Step 2: compare outputs with the reference (and the known mistakes). Raises CheckFailed.
+def judge(exercise: Exercise, outputs: list[dict]) -> list[str]:
+    """Step 2: compare outputs with the reference (and the known mistakes). Raises CheckFailed;
+    on success returns one-line notes (float64 outputs).
 
     Runs only trusted code (the reference and the catalogued mistakes), never the learner's.
     """
@@ -635,3 +715,4 @@ def judge(exercise: Exercise, outputs: list[dict]) -> None:
             f"✗ {exercise.name}: your output could not be compared with the reference "
             f"({type(e).__name__}: {e}).\n  Check what your {exercise.title} returns: its type, shape and dtype."
         ) from None
+    return dtype_notes(outputs, references)
