@@ -163,6 +163,7 @@ def test_the_learners_lab_gets_no_test_extra_and_the_test_suite_does(fake_venv, 
     installs = [c for c in calls(log) if " -m pip install " in c]
     assert f"python -m pip install --quiet --extra-index-url {url} torch==2.13.0" in installs, installs
     assert f"python -m pip install --quiet -c {venv}/constraints.txt -e ." in installs, installs
+    assert "PYTHONWARNINGS=ignore::UserWarning" in COURSE.read_text(), "setuptools' editable-install banner is silenced"
     assert not any("[test]" in c for c in installs), installs
     assert (venv / "constraints.txt").read_text().strip() == "torch==2.13.0"
 
