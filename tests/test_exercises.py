@@ -105,10 +105,32 @@ def test_reference_passes_hidden_tests(ex):
     impl = type(ex.title, (ex.reference,), {}) if ex.kind == "class" else (lambda *a, **k: ex.reference(*a, **k))
     for secret in (1, 987_654_321):
         hidden = ex.hidden_suite(secret)
-        assert len(hidden.cases) == len(ex.cases) + len(ex.hidden_cases)
-        assert {c["seed"] for c in hidden.cases}.isdisjoint({c.get("seed") for c in ex.cases})
+        assert len(hidden.cases) == 2 * len(ex.cases) + len(ex.hidden_cases)
+        fresh = hidden.cases[len(ex.cases):]
+        assert {c["seed"] for c in fresh}.isdisjoint({c.get("seed") for c in ex.cases})
         judge(hidden, collect(hidden, impl))
     assert ex.hidden_suite(1).cases != ex.hidden_suite(2).cases
+
+
+@pytest.mark.parametrize("ex", ALL, ids=lambda ex: ex.name)
+def test_hidden_suite_contains_every_visible_case(ex):
+    """Hidden tests are a superset of the visible check: each visible case, seed and all."""
+    for secret in (0, 1, 987_654_321):
+        hidden = ex.hidden_suite(secret).cases
+        for case in ex.cases:
+            assert case in hidden, f"{ex.name}: visible case {ex.describe(case)} is missing from the hidden suite"
+
+
+def test_a_wrong_answer_the_visible_check_rejects_fails_the_hidden_suite_too():
+    """Every catalogued mistake fails the hidden suite, whatever the secret."""
+    from utils.checks.core import collect, judge
+
+    for ex, mistake in MISTAKES:
+        if ex.judge is not None:  # sampling judges are statistical; their visible cases are in the suite
+            continue
+        hidden = ex.hidden_suite(12345)
+        with pytest.raises(CheckFailed):
+            judge(hidden, collect(hidden, mistake.impl))
 
 
 def test_every_chapter_has_hidden_shapes():

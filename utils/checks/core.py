@@ -71,11 +71,14 @@ class Exercise:
     hidden_cases: list[dict] = field(default_factory=list)
 
     def hidden_suite(self, secret: int = 0) -> "Exercise":
-        """This exercise on its hidden cases: the visible cases and ``hidden_cases``, reseeded
-        from ``secret`` (a fresh random number for each grading run; 0 elsewhere)."""
+        """This exercise on its hidden cases: every visible case as it is, then the visible
+        cases and ``hidden_cases`` reseeded from ``secret`` (a fresh random number for each
+        grading run; 0 elsewhere)."""
         rng = random.Random(f"{self.name}:{secret}")
-        cases = [{**case, "seed": rng.randrange(10_000, 2**31)} for case in [*self.cases, *self.hidden_cases]]
-        return replace(self, cases=cases, hidden_cases=[])
+        reseeded = [{**case, "seed": rng.randrange(10_000, 2**31)} for case in [*self.cases, *self.hidden_cases]]
+        # The visible cases themselves come first, unchanged: the hidden suite is a superset of
+        # the visible check, so it never accepts an answer that the visible check rejects.
+        return replace(self, cases=[dict(case) for case in self.cases] + reseeded, hidden_cases=[])
 
     def describe(self, case: dict) -> str:
         return case.get("describe") or ", ".join(f"{k}={v}" for k, v in case.items() if k != "seed")
