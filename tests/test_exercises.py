@@ -67,6 +67,16 @@ def test_mistake_is_caught_with_its_hint(ex, mistake):
     assert "input:" in message, "the verdict must name the input it used"
 
 
+@pytest.mark.parametrize("ex", ALL, ids=lambda ex: ex.name)
+def test_every_case_argument_varies(ex):
+    """A parameter that every visible case holds fixed lets an answer that ignores it pass
+    (a top-p sampler that ignores the temperature): every case key takes two values or more."""
+    keys = {k for case in ex.cases for k in case} - {"seed", "describe", *ex.fixed}
+    fixed = [k for k in sorted(keys) if len({repr(case.get(k)) for case in ex.cases}) < 2]
+    assert not fixed, f"{ex.name}: every visible case has the same {', '.join(fixed)}"
+    assert len({case.get("seed") for case in ex.cases}) == len(ex.cases), f"{ex.name}: two cases share a seed"
+
+
 def test_mistakes_are_distinct():
     """Two catalogued mistakes of one exercise must not be indistinguishable by output."""
     from utils.checks.core import close, run_cases

@@ -39,8 +39,8 @@ def _resid_cases(what: str, extra: str = "") -> list[dict]:
     return [
         dict(seed=1, cfg=CFG_A, batch=2, pos=6, scale=1.0,
              describe=f"{what} of shape (2, 6, 16) [batch, pos, d_model], random parameters ({_cfg_text(CFG_A)}){extra}"),
-        dict(seed=2, cfg=CFG_B, batch=3, pos=9, scale=1.0,
-             describe=f"{what} of shape (3, 9, 24) [batch, pos, d_model], random parameters ({_cfg_text(CFG_B)}){extra}"),
+        dict(seed=2, cfg=CFG_B, batch=3, pos=9, scale=1.5,
+             describe=f"{what} of shape (3, 9, 24) [batch, pos, d_model] with std 1.5, random parameters ({_cfg_text(CFG_B)}){extra}"),
     ]
 
 
@@ -400,6 +400,10 @@ def top_p_ascending(logits, p, temperature=1.0):
     return ref_sampling.sample_temperature(logits.masked_fill(~keep, float("-inf")), temperature)
 
 
+def top_p_no_temperature(logits, p, temperature=1.0):
+    return ref_sampling.sample_top_p(logits, p, 1.0)
+
+
 # ---- 15. KV cache (bonus) -------------------------------------------------------------------
 def run_kv_cache(impl, ctx):
     c = ctx.case
@@ -587,7 +591,7 @@ EXERCISES = [
         run=make_sampling_run("temperature", lambda c: (c["temperature"],)), judge=judge_distribution,
         cases=[
             dict(seed=15, vocab=8, temperature=0.5, describe=f"{N_SAMPLES} rows of the same 8 logits, temperature 0.5"),
-            dict(seed=16, vocab=8, temperature=2.0, describe=f"{N_SAMPLES} rows of the same 8 logits, temperature 2.0"),
+            dict(seed=16, vocab=12, temperature=2.0, describe=f"{N_SAMPLES} rows of the same 12 logits, temperature 2.0"),
         ],
         mistakes=[
             Mistake("multiplied by T", "you multiplied the logits by the temperature; divide them: softmax(logits / T).", temp_multiplied),
@@ -600,7 +604,7 @@ EXERCISES = [
         run=make_sampling_run("top_k", lambda c: (c["k"], c["temperature"])), judge=judge_distribution,
         cases=[
             dict(seed=17, vocab=10, k=3, temperature=1.0, describe=f"{N_SAMPLES} rows of the same 10 logits, k=3, temperature 1"),
-            dict(seed=18, vocab=10, k=5, temperature=0.7, describe=f"{N_SAMPLES} rows of the same 10 logits, k=5, temperature 0.7"),
+            dict(seed=18, vocab=13, k=5, temperature=0.7, describe=f"{N_SAMPLES} rows of the same 13 logits, k=5, temperature 0.7"),
         ],
         mistakes=[
             Mistake("k + 1 tokens", "you kept k + 1 tokens (an off-by-one).", top_k_plus_one),
@@ -613,12 +617,13 @@ EXERCISES = [
         name="top_p", title="sample_top_p", reference=ref_sampling.sample_top_p, kind="function",
         run=make_sampling_run("top_p", lambda c: (c["p"], c["temperature"])), judge=judge_distribution,
         cases=[
-            dict(seed=19, vocab=10, p=0.5, temperature=1.0, describe=f"{N_SAMPLES} rows of the same 10 logits, p=0.5"),
-            dict(seed=20, vocab=10, p=0.9, temperature=1.0, describe=f"{N_SAMPLES} rows of the same 10 logits, p=0.9"),
+            dict(seed=19, vocab=10, p=0.5, temperature=1.0, describe=f"{N_SAMPLES} rows of the same 10 logits, p=0.5, temperature 1"),
+            dict(seed=20, vocab=12, p=0.9, temperature=0.6, describe=f"{N_SAMPLES} rows of the same 12 logits, p=0.9, temperature 0.6"),
         ],
         mistakes=[
             Mistake("drops the token that crosses p", "you dropped the token whose probability takes the total past p; keep it (keep a token if the mass *before* it is < p).", top_p_drops_crossing_token),
             Mistake("least likely first", "you accumulated probabilities from the least likely token; sort in descending order.", top_p_ascending),
+            Mistake("temperature ignored", "you ignored the temperature: divide the logits by it before the softmax (the nucleus is chosen from the tempered probabilities).", top_p_no_temperature),
         ],
         stuck="sort probs descending; keep tokens whose cumulative mass before them is < p; set the others' logits to -inf; sample.",
     ),

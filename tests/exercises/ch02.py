@@ -318,7 +318,7 @@ EXERCISES = [
     ),
     Exercise(
         name="zero_head_hook", title="zero_head_hook", reference=ref.zero_head_hook, run=run_head_hook, kind="function",
-        cases=[dict(t, heads=[(0, 1), (1, 2)]) for t in _TOKENS],
+        cases=[dict(_TOKENS[0], heads=[(0, 1), (1, 2)]), dict(_TOKENS[1], heads=[(1, 0), (0, 3)])],
         mistakes=[
             Mistake("wrong axis", "z is [batch, pos, head, d_head]: the head axis is 2, so zero z[:, :, head].", zero_wrong_axis),
             Mistake("kept only that head", "you zeroed every head except the chosen one; ablate just that head.", zero_all_but_head),
@@ -391,7 +391,8 @@ EXERCISES = [
     ),
     Exercise(
         name="mean_ablation_hook", title="mean_ablation_hook", reference=ref.mean_ablation_hook, run=run_head_hook, kind="function",
-        cases=[dict(t, heads=[(0, 0), (1, 3)], mean=True) for t in _TOKENS],
+        cases=[dict(_TOKENS[0], heads=[(0, 0), (1, 3)], mean=True), dict(_TOKENS[1], heads=[(1, 1), (0, 2)], mean=True)],
+        fixed=("mean",),  # tells run_head_hook to pass mean_z: what the exercise is, not an input
         mistakes=[
             Mistake("zero instead of mean", "you zeroed the head; mean ablation replaces it with mean_z[:, head] (its average output).", mean_ablation_zero),
             Mistake("every head replaced", "only the chosen head should be replaced: z[:, :, head] = mean_z[:seq_len, head].", mean_ablation_all_heads),

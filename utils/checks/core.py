@@ -69,6 +69,9 @@ class Exercise:
     # shapes. Every hidden case, and every visible case, is run with a seed the learner has not
     # seen (see ``hidden_suite``), so a submission tuned to the visible check does not pass.
     hidden_cases: list[dict] = field(default_factory=list)
+    # Case keys that select what ``run`` does rather than an input (reviewed; every other case
+    # key must take at least two values across the visible cases, see tests/test_exercises.py).
+    fixed: tuple[str, ...] = ()
 
     def hidden_suite(self, secret: int = 0) -> "Exercise":
         """This exercise on its hidden cases: every visible case as it is, then the visible
@@ -529,7 +532,7 @@ def _collect(exercise: Exercise, impl: Any, reference_calls: list[str] | None, n
                 raise CheckFailed(
                     f"✗ {exercise.name}: your code computed for more than {limit:.3g} s on input "
                     f"{exercise.describe(case)} and was stopped\n"
-                    f"  (the reference takes {slow / 20:.2g} s there).\n"
+                    f"  (the reference takes {_seconds_text(slow / 20)} there).\n"
                     "  Is there an infinite loop (a `while` whose condition never changes), or a loop over every\n"
                     "  element where a tensor operation would do?"
                 ) from None
@@ -542,6 +545,10 @@ def _collect(exercise: Exercise, impl: Any, reference_calls: list[str] | None, n
                     ) from None
                 raise CheckFailed(f"✗ {exercise.name}: {e}" + _uses_note(exercise)) from None
     return outputs
+
+
+def _seconds_text(seconds: float) -> str:
+    return "under 0.01 s" if seconds < 0.01 else f"{seconds:.2g} s"
 
 
 def _uses_note(exercise: Exercise) -> str:
