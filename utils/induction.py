@@ -151,6 +151,9 @@ def train_induction_model(n_layers: int = 2, steps: int = 3000, seed: int = 0, e
 
     from .transformer import lm_cross_entropy
 
+    from .grading import demo_steps
+
+    steps = demo_steps(steps, desc or f"the {n_layers}-layer model")
     cfg = induction_config(n_layers)
     model = Transformer(cfg, seed=seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)

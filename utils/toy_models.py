@@ -95,6 +95,9 @@ def train_toy_model(model: ToyModel, feature_probability: Tensor, importance: Te
     Batches come from the toolkit's seeded ``generate_batch``, so runs are repeatable."""
     from tqdm.auto import tqdm
 
+    from .grading import demo_steps
+
+    steps = demo_steps(steps, desc)
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     feature_probability = feature_probability.reshape(model.cfg.n_instances, -1)

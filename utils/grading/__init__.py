@@ -54,3 +54,25 @@ def session() -> Session | None:
 
 def active() -> bool:
     return session() is not None
+
+
+DEMO_STEPS = 20  # training steps a demonstration runs while a notebook is being autograded
+
+
+def demo_steps(steps: int, what: str) -> int:
+    """How many of ``steps`` training steps a demonstration runs: all of them, except while
+    autograding, where no grade depends on a demonstration's result (every check runs the
+    student's code on its own inputs). There it runs ``COURSE_GRADING_DEMO_STEPS`` steps
+    (default 20), so a chapter grades in seconds rather than minutes; ``COURSE_GRADING_DEMO_STEPS=0``
+    keeps every step. The notebook says so where it happens."""
+    if not active():
+        return steps
+    try:
+        cap = int(os.environ.get("COURSE_GRADING_DEMO_STEPS", DEMO_STEPS))
+    except ValueError:
+        cap = DEMO_STEPS
+    if cap <= 0 or steps <= cap:
+        return steps
+    print(f"(autograding: {what} trains for {cap} of its {steps} steps; no grade depends on it, "
+          "so the results below are those of an untrained model)")
+    return cap
