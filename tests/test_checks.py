@@ -74,7 +74,73 @@ def test_transposed_output_is_recognised():
         def forward(self, x):
             return super().forward(x).transpose(-1, -2)
 
-    assert "are two axes swapped?" in failure("layernorm", Transposed)
+    assert "your output equals expected.permute(0, 2, 1)" in failure("layernorm", Transposed)
+
+
+# ---- diagnosers: the kind of difference, when no catalogued mistake matches ---------------------
+
+
+def diagnosis_of(name, impl) -> str:
+    msg = failure(name, impl)
+    lines = [line.strip() for line in msg.splitlines() if line.strip().startswith("diagnosis:")]
+    assert len(lines) == 1, msg
+    assert "likely mistake" not in msg, msg
+    return lines[0]
+
+
+def test_diagnosers_name_the_kind_of_difference_on_tensors():
+    from utils.checks.core import diagnose
+
+    gen = torch.Generator().manual_seed(0)
+    want = torch.randn(2, 6, 6, generator=gen)
+    cases = {
+        "opposite sign": -want,
+        "exactly times 6": want * 6,
+        "exactly divided by sqrt(8)": want / 8 ** 0.5,
+        "plus 0.3 everywhere": want + 0.3,
+        "axes 1 and 2 swapped": want.transpose(1, 2),
+        "shifted by 1 along axis 2": torch.cat([want[..., :1], want[..., :-1]], dim=-1),
+        "in another order along axis 0": want.flip(0),
+        "all zeros": torch.zeros_like(want),
+        "wrong only above it": torch.where(torch.ones(6, 6, dtype=torch.bool).triu(1), want + 1, want),
+        "except at index 0 of axis 1": torch.cat([want[:, :1] * 0 + 5, want[:, 1:]], dim=1),
+        "within 0.": want * (1 + 0.001 * torch.randn(want.shape, generator=gen)),
+    }
+    for words, got in cases.items():
+        story = diagnose(got, want, 1e-5, 1e-5)
+        assert story is not None and words in story, (words, story)
+    assert diagnose(torch.randn(2, 6, 6, generator=gen), want, 1e-5, 1e-5) is None  # unrelated: no story
+    assert diagnose(want, want, 1e-5, 1e-5) is None
+    assert "opposite sign" in diagnose(-2.5, 2.5, 1e-5, 1e-5)
+    assert "exactly times 48" in diagnose(48 * 0.7, 0.7, 1e-5, 1e-5)
+    assert diagnose({"loss": 1.0, "out": want * 2}, {"loss": 1.0, "out": want}, 1e-5, 1e-5).startswith("your output is exactly times 2")
+    assert diagnose(float("nan"), 1.0, 1e-5, 1e-5) is None  # NaN is said by the verdict itself
+
+
+def test_masked_scores_that_are_not_minus_inf_are_named():
+    from utils.checks.core import diagnose
+
+    scores = torch.randn(2, 5, 5)
+    upper = torch.ones(5, 5, dtype=torch.bool).triu(1)
+    story = diagnose(scores.masked_fill(upper, -1e4), scores.masked_fill(upper, float("-inf")), 1e-5, 1e-5)
+    assert "-inf at 20 masked entries" in story and "-1e+04" in story and "everything else matches" in story
+
+
+def test_an_uncatalogued_mistake_gets_a_diagnosis_in_the_verdict():
+    class ShiftedMean(ref.LayerNorm):  # not a catalogued layernorm mistake: the output is offset by 0.1
+        def forward(self, x):
+            return super().forward(x) + 0.1
+
+    assert "plus 0.1 everywhere" in diagnosis_of("layernorm", ShiftedMean)
+
+    class ExactGelu(ref.MLP):
+        def forward(self, x):
+            import torch.nn.functional as F
+            pre = torch.einsum("bpm,mh->bph", x, self.W_in) + self.b_in
+            return torch.einsum("bph,hm->bpm", F.gelu(pre), self.W_out) + self.b_out
+
+    msg = failure("mlp", ExactGelu)
+    assert "gelu" in msg.lower() and "tanh" in msg.lower(), msg
 
 
 def test_integer_dtype_is_named():

@@ -602,7 +602,11 @@ def describe_difference(name: str, got: Any, want: Any, atol: float, rtol: float
         return f"{name} should be a torch.Tensor, got {type(got).__name__}"
     if got.shape != want.shape:
         msg = f"{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)}"
-        if got.numel() == want.numel() and sorted(got.shape) == sorted(want.shape):
+        order = _axis_order(got, want, atol, rtol) if sorted(got.shape) == sorted(want.shape) else None
+        if order is not None:
+            msg += (f" and holds the expected values with the axes in another order: your output equals "
+                    f"expected.permute{order} (an einops pattern or a transpose with its axes in the wrong order?)")
+        elif got.numel() == want.numel() and sorted(got.shape) == sorted(want.shape):
             msg += " (same sizes in another order: are two axes swapped?)"
         elif got.ndim == want.ndim - 1 or got.ndim == want.ndim + 1:
             msg += " (one axis too many or too few: a sum/mean over the wrong axis, or a missing keepdim=True?)"
@@ -627,15 +631,11 @@ def describe_difference(name: str, got: Any, want: Any, atol: float, rtol: float
         if not wrong.any():
             return None
         idx = _argmax_index(diff - tol)
-        msg = (
+        return (
             f"{name} differs from the reference in {int(wrong.sum())} of {want.numel()} entries; "
             f"largest difference {float(diff[idx]):.4g} at index {list(idx)} "
             f"(yours {float(got[idx]):.6g}, expected {float(want[idx]):.6g})"
         )
-        scale = _scale_factor(got, want)
-        if scale is not None:
-            msg += f"\n  Your output is the expected output times {scale:.4g} everywhere: a missing or extra scale factor?"
-        return msg
     wrong = got != want
     if not wrong.any():
         return None
@@ -644,6 +644,159 @@ def describe_difference(name: str, got: Any, want: Any, atol: float, rtol: float
         f"{name} differs in {int(wrong.sum())} of {want.numel()} entries; first at index {list(idx)} "
         f"(yours {got[idx].item()}, expected {want[idx].item()})"
     )
+
+
+def _axis_order(got: Tensor, want: Tensor, atol: float, rtol: float) -> tuple[int, ...] | None:
+    """The permutation of ``want``'s axes that gives ``got``, if there is one (up to 5 axes)."""
+    import itertools
+
+    if want.ndim > 5 or not got.is_floating_point() == want.is_floating_point():
+        return None
+    for order in itertools.permutations(range(want.ndim)):
+        if order != tuple(range(want.ndim)) and tuple(want.shape[i] for i in order) == tuple(got.shape):
+            if close(got, want.permute(order), atol, rtol):
+                return order
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagnosers: when no catalogued mistake matches, say what kind of difference it is
+# ---------------------------------------------------------------------------------------------
+
+
+def diagnose(got: Any, want: Any, atol: float, rtol: float) -> str | None:
+    """One sentence on the *kind* of difference between ``got`` and ``want`` (same structure),
+    when it has a recognisable form: scaled, opposite sign, shifted by a constant or along an
+    axis, two axes transposed, the right values in another order, right only on part of the
+    output (a triangle, some positions), masked entries not -inf, all zeros, or a near miss.
+    None when no form fits: then the verdict gives only the difference itself."""
+    if isinstance(want, dict):
+        if not isinstance(got, dict):
+            return None
+        for k in want:
+            if k in got and not close(got[k], want[k], atol, rtol):
+                found = diagnose(got[k], want[k], atol, rtol)
+                return None if found is None else (found if k == "out" else f"(`{k}`) {found}")
+        return None
+    if isinstance(want, (int, float)) and not isinstance(want, bool):
+        if isinstance(got, Tensor) and got.numel() == 1:
+            got = got.item()
+        if isinstance(got, (int, float)) and math.isfinite(got) and want != 0 and got != 0:
+            return _ratio_story(got / want, "your number")
+        return None
+    if not (isinstance(want, Tensor) and isinstance(got, Tensor)) or got.shape != want.shape:
+        return None
+    if not (want.is_floating_point() and got.is_floating_point()) or want.numel() == 0:
+        return None
+    try:
+        return _diagnose_tensor(got.double(), want.double(), atol, rtol)
+    except Exception:  # a diagnoser must never turn a verdict into a crash
+        return None
+
+
+def _ratio_story(ratio: float, what: str) -> str | None:
+    if abs(ratio - 1) < 1e-3:
+        return None
+    if abs(ratio + 1) < 1e-3:
+        return f"{what} is the expected one with the opposite sign: a subtraction the wrong way round, or a missing minus?"
+    size = abs(ratio) if abs(ratio) >= 1 else 1 / abs(ratio)
+    sign = "minus " if ratio < 0 else ""
+    words = "times" if abs(ratio) >= 1 else "divided by"
+    n = round(size)
+    if n >= 2 and abs(size - n) < 1e-3 * size:
+        return (f"{what} is exactly {sign}{words} {n} the expected one: a sum where a mean belongs (or the other way "
+                f"round), or a size such as {n} multiplied or divided once too often?")
+    n2 = round(size * size)
+    if n2 >= 2 and abs(size * size - n2) < 2e-3 * n2:
+        return (f"{what} is exactly {sign}{words} sqrt({n2}) the expected one: a 1/sqrt(d) scale missing, applied "
+                "twice, or with the wrong d?")
+    return f"{what} is the expected one times {ratio:.4g} everywhere: a missing or extra scale factor?"
+
+
+def _diagnose_tensor(got: Tensor, want: Tensor, atol: float, rtol: float) -> str | None:
+    def same(a: Tensor, b: Tensor) -> bool:
+        return bool(torch.allclose(a, b, atol=atol, rtol=rtol, equal_nan=True))
+
+    if same(got, want):
+        return None
+    # masked entries: -inf in the reference, something finite in yours (or the other way round)
+    neg = torch.isneginf(want)
+    if neg.any() and not torch.isneginf(got[neg]).all():
+        finite = got[neg & torch.isfinite(got)]
+        value = f" (yours holds values such as {float(finite[0]):.3g})" if finite.numel() else ""
+        rest_ok = same(got[~neg], want[~neg])
+        return (f"the reference is -inf at {int(neg.sum())} masked entries where yours is not{value}"
+                + ("; everything else matches" if rest_ok else "")
+                + ": fill masked scores with float('-inf'), so that softmax gives them exactly 0.")
+    if torch.isneginf(got).any() and not neg.any():
+        return "yours has -inf entries where the reference has none: a mask applied where it does not belong (or to the wrong positions)?"
+    if not (torch.isfinite(got).all() and torch.isfinite(want).all()):
+        return None
+    if not got.any() and want.any():
+        return "your output is all zeros: a tensor created with torch.zeros and never filled in, or a result that was not returned?"
+    # a scale factor or the opposite sign
+    scale = _scale_factor(got, want)
+    if scale is not None:
+        return _ratio_story(scale, "your output")
+    # a constant offset
+    offset = float((got - want).mean())
+    if abs(offset) > atol and same(got - offset, want):
+        return f"your output is the expected one plus {offset:.4g} everywhere: a constant added or subtracted (a bias or mean)?"
+    # two axes of equal size swapped
+    for a in range(want.ndim):
+        for b in range(a + 1, want.ndim):
+            if want.shape[a] == want.shape[b] and want.shape[a] > 1 and same(got, want.transpose(a, b)):
+                return (f"your output is the expected one with axes {a} and {b} swapped (they have the same size, so the "
+                        "shape looks right): a transpose, .T, or einops pattern with those two axes the wrong way round?")
+    # shifted along one axis
+    for axis in range(want.ndim):
+        n = want.shape[axis]
+        for k in (1, -1, 2, -2):
+            if n <= abs(k) + 1:
+                continue
+            g = got.narrow(axis, k, n - k) if k > 0 else got.narrow(axis, 0, n + k)
+            w = want.narrow(axis, 0, n - k) if k > 0 else want.narrow(axis, -k, n + k)
+            if same(g, w) and not same(got, want):
+                later = "later" if k > 0 else "earlier"
+                return (f"your output is the expected one shifted by {abs(k)} along axis {axis}: entry i of yours is "
+                        f"entry i {'-' if k > 0 else '+'} {abs(k)} of the expected (an off-by-one, {later} than it should be, in an index, slice or shift?)")
+    # the right values in another order along one axis
+    for axis in range(want.ndim):
+        if want.shape[axis] > 1 and same(got.sort(dim=axis).values, want.sort(dim=axis).values):
+            return (f"your output has the expected values, but in another order along axis {axis}: the wrong index order, "
+                    "a sort, or a gather/indexing with the wrong ids?")
+    # right only on part of the output
+    wrong = ~torch.isclose(got, want, atol=atol, rtol=rtol)
+    if want.ndim >= 2 and want.shape[-1] == want.shape[-2] and want.shape[-1] > 2:
+        n = want.shape[-1]
+        upper = torch.ones(n, n, dtype=torch.bool).triu(1)
+        if not wrong[..., ~upper].any() and wrong[..., upper].any():
+            return ("your output is right on and below the diagonal and wrong only above it: the part a causal mask "
+                    "removes (is the mask missing, or applied to the wrong entries?)")
+        if not wrong[..., upper].any() and wrong[..., ~upper].any():
+            return "your output is right above the diagonal and wrong on and below it: a mask that keeps the wrong triangle?"
+    for axis in range(want.ndim):
+        n = want.shape[axis]
+        if n < 3:
+            continue
+        per_index = wrong.transpose(0, axis).reshape(n, -1).any(dim=1)
+        bad = [int(i) for i in per_index.nonzero().flatten()]
+        if 0 < len(bad) <= n // 3:
+            where = ", ".join(map(str, bad[:4])) + (", ..." if len(bad) > 4 else "")
+            return (f"your output is right everywhere except at index {where} of axis {axis} ({len(bad)} of {n}): "
+                    "a special case at the start or end (first/last position, a boundary in a slice or mask)?")
+        good = [int(i) for i in (~per_index).nonzero().flatten()]
+        if 0 < len(good) <= n // 3:
+            where = ", ".join(map(str, good[:4])) + (", ..." if len(good) > 4 else "")
+            return (f"your output is right only at index {where} of axis {axis} ({len(good)} of {n}): the computation "
+                    "holds there but not elsewhere (a position, head or layer index fixed where it should vary?)")
+    # a near miss: the method is right, a detail of the formula is not
+    rel = float((got - want).norm() / want.norm().clamp_min(1e-12))
+    if rel < 0.02:
+        return (f"your output is within {rel:.2%} of the expected one everywhere: the method is right, a detail of the "
+                "formula differs (for example the exact erf GELU instead of GPT-2's tanh approximation, "
+                "where eps goes, or the unbiased variance)")
+    return None
 
 
 def _argmax_index(t: Tensor) -> tuple[int, ...]:
@@ -674,7 +827,8 @@ def judge_close(exercise: Exercise, outputs: list[dict], references: list[dict],
         if problem is None:
             continue
         hint = _matching_mistake(exercise, got, want, mistakes, i)
-        fail(exercise, case, problem, hint)
+        fail(exercise, case, problem, hint,
+             diagnosis=None if hint else diagnose(got, want, exercise.atol, exercise.rtol))
 
 
 def _matching_mistake(exercise, got, want, mistakes, case_index) -> Mistake | None:
@@ -690,12 +844,14 @@ def _matching_mistake(exercise, got, want, mistakes, case_index) -> Mistake | No
     return None
 
 
-def fail(exercise: Exercise, case: dict, problem: str, hint: Mistake | None) -> None:
+def fail(exercise: Exercise, case: dict, problem: str, hint: Mistake | None, diagnosis: str | None = None) -> None:
     end = "" if problem.rstrip().endswith((".", "?", "!")) else "."
     lines = [f"✗ {exercise.name}: {problem}{end}", f"  input: {exercise.describe(case)}"]
     if hint is not None:
         lines.append(f"  likely mistake ({hint.name}): {hint.hint}")
-    elif exercise.uses:
+    elif diagnosis:
+        lines.append(f"  diagnosis: {diagnosis}")
+    if hint is None and exercise.uses:
         lines.append(f"  ({exercise.title} builds on your {exercise.uses}: make sure their checks pass.)")
     if exercise.stuck:
         lines.append(f"  stuck? {exercise.stuck}")
