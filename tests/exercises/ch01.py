@@ -56,7 +56,7 @@ def _token_cases(cfgs=None) -> list[dict]:
 def run_module_on_tokens(impl, ctx):
     c = ctx.case
     module = ctx.make(impl, c["cfg"])
-    tokens = ctx.randint(c["cfg"].d_vocab, c["batch"], c["pos"])
+    tokens = ctx.randint(c.get("ids_below", c["cfg"].d_vocab), c["batch"], c["pos"])
     return {"out": ctx.call(module, tokens)}
 
 
@@ -106,9 +106,16 @@ class LNWrongAxis(ref.LayerNorm):
         return x / (x.pow(2).mean(-2, keepdim=True) + self.eps).sqrt() * self.w + self.b
 
 
+class LNHardcodedEps(ref.LayerNorm):
+    def forward(self, x):
+        x = x - x.mean(-1, keepdim=True)
+        return x / (x.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt() * self.w + self.b
+
+
 LN_CASES = [
-    dict(seed=5, cfg=CFG_A, batch=2, pos=5, scale=1.0, offset=0.0,
-         describe="x of shape (2, 5, 16) [batch, pos, d_model] ~ N(0, 1), random w and b"),
+    # eps = cfg.layer_norm_eps is not always GPT-2's 1e-5, so a hard-coded 1e-5 shows
+    dict(seed=5, cfg=CFG_A.replace(layer_norm_eps=1e-3), batch=2, pos=5, scale=1.0, offset=0.0,
+         describe="x of shape (2, 5, 16) [batch, pos, d_model] ~ N(0, 1), random w and b, cfg.layer_norm_eps=1e-3"),
     dict(seed=6, cfg=CFG_B, batch=3, pos=4, scale=0.01, offset=0.0,
          describe="x of shape (3, 4, 24) with tiny values (std 0.01, so eps matters), random w and b"),
     dict(seed=7, cfg=CFG_B, batch=2, pos=3, scale=2.0, offset=3.0,
@@ -455,7 +462,15 @@ def _judge_kv(exercise, outputs, references, mistakes):
 # ---------------------------------------------------------------------------------------------
 EXERCISES = [
     Exercise(
-        name="embed", title="Embed", reference=ref.Embed, run=run_module_on_tokens, cases=_token_cases(),
+        name="embed", title="Embed", reference=ref.Embed, run=run_module_on_tokens,
+        # One input without the largest id (d_vocab - 1): F.one_hot(tokens) without num_classes
+        # is then too narrow for W_E (with every id present it would pass).
+        cases=[
+            dict(seed=3, cfg=CFG_A, batch=2, pos=7, ids_below=30,
+                 describe=f"tokens of shape (2, 7) [batch, pos] with ids 0..29 only (the largest id, 36, does not occur), random parameters ({_cfg_text(CFG_A)})"),
+            dict(seed=4, cfg=CFG_B, batch=4, pos=9, ids_below=CFG_B.d_vocab,
+                 describe=f"tokens of shape (4, 9) [batch, pos], ids from the whole vocabulary, random parameters ({_cfg_text(CFG_B)})"),
+        ],
         hidden_cases=HIDDEN_TOKENS,
         mistakes=[Mistake("rows by position", "you looked up rows of W_E by position; the embedding is indexed by token id: W_E[tokens].", EmbedByPosition)],
         stuck="an embedding is a lookup table: row t of W_E is the vector of token t (section 1).",
@@ -479,6 +494,7 @@ EXERCISES = [
             Mistake("eps outside the square root", "you added eps after the square root; GPT-2 computes sqrt(var + eps).", LNEpsOutside),
             Mistake("no centering", "you did not subtract the mean before scaling.", LNNoCentering),
             Mistake("wrong axis", "you normalised over positions (dim -2); normalise each vector over d_model (dim -1).", LNWrongAxis),
+            Mistake("hard-coded eps", "you wrote eps as the number 1e-5; use self.eps (set from cfg.layer_norm_eps), which this input sets to another value.", LNHardcodedEps),
         ],
         stuck="x - mean, divided by sqrt(biased variance + eps), times w, plus b; all over the last axis.",
     ),
