@@ -65,6 +65,16 @@ class EmbedByPosition(ref.Embed):
         return self.W_E[torch.arange(tokens.shape[1])].expand(tokens.shape[0], -1, -1)
 
 
+class EmbedScaledBySqrtDModel(ref.Embed):
+    def forward(self, tokens):
+        return self.W_E[tokens] * math.sqrt(self.W_E.shape[1])
+
+
+class EmbedFlattened(ref.Embed):
+    def forward(self, tokens):
+        return self.W_E.index_select(0, tokens.flatten())
+
+
 class PosEmbedByToken(ref.PosEmbed):
     def forward(self, tokens):
         return self.W_pos[tokens]
@@ -73,6 +83,17 @@ class PosEmbedByToken(ref.PosEmbed):
 class PosEmbedNoBatch(ref.PosEmbed):
     def forward(self, tokens):
         return self.W_pos[: tokens.shape[1]]
+
+
+class PosEmbedAllPositions(ref.PosEmbed):
+    def forward(self, tokens):
+        return einops.repeat(self.W_pos, "pos d -> batch pos d", batch=tokens.shape[0])
+
+
+class PosEmbedLenIsBatch(ref.PosEmbed):
+    def forward(self, tokens):
+        seq_len = len(tokens)  # the batch size, not the number of positions
+        return einops.repeat(self.W_pos[:seq_len], "pos d -> batch pos d", batch=tokens.shape[0])
 
 
 # ---- 2. LayerNorm ---------------------------------------------------------------------------
@@ -209,6 +230,16 @@ class MLPNoInBias(ref.MLP):
         return ref.gelu_new(x @ self.W_in) @ self.W_out + self.b_out
 
 
+class MLPExactGelu(ref.MLP):
+    def forward(self, x):
+        return F.gelu(x @ self.W_in + self.b_in) @ self.W_out + self.b_out
+
+
+class MLPNoOutBias(ref.MLP):
+    def forward(self, x):
+        return ref.gelu_new(x @ self.W_in + self.b_in) @ self.W_out
+
+
 # ---- 6. Transformer block -------------------------------------------------------------------
 class BlockPostLN(ref.TransformerBlock):
     def forward(self, resid, kv_cache=None):
@@ -228,10 +259,30 @@ class BlockSameLN(ref.TransformerBlock):
         return resid + self.mlp(self.ln1(resid))
 
 
+class BlockParallel(ref.TransformerBlock):
+    def forward(self, resid, kv_cache=None):
+        return resid + self.attn(self.ln1(resid)) + self.mlp(self.ln2(resid))
+
+
 # ---- 7. Unembed -----------------------------------------------------------------------------
 class UnembedNoBias(ref.Unembed):
     def forward(self, x):
         return x @ self.W_U
+
+
+class UnembedSoftmax(ref.Unembed):
+    def forward(self, x):
+        return (x @ self.W_U + self.b_U).softmax(dim=-1)
+
+
+class UnembedLogSoftmax(ref.Unembed):
+    def forward(self, x):
+        return (x @ self.W_U + self.b_U).log_softmax(dim=-1)
+
+
+class UnembedLastPosition(ref.Unembed):
+    def forward(self, x):
+        return x[:, -1] @ self.W_U + self.b_U
 
 
 # ---- 8. Full transformer --------------------------------------------------------------------
@@ -249,6 +300,22 @@ class TransformerNoPosEmbed(ref.Transformer):
         for block in self.blocks:
             resid = block(resid)
         return self.unembed(self.ln_final(resid))
+
+
+class TransformerBlockOutputDiscarded(ref.Transformer):
+    def forward(self, tokens, return_type="logits", kv_cache=None):
+        resid = self.embed(tokens) + self.pos_embed(tokens)
+        for block in self.blocks:
+            block(resid)  # the block's output is thrown away
+        return self.unembed(self.ln_final(resid))
+
+
+class TransformerBlocksReadEmbeddings(ref.Transformer):
+    def forward(self, tokens, return_type="logits", kv_cache=None):
+        resid = self.embed(tokens) + self.pos_embed(tokens)
+        for block in self.blocks:
+            out = block(resid)  # every block reads the embeddings; only the last one's output is kept
+        return self.unembed(self.ln_final(out))
 
 
 def run_transformer(impl, ctx):
@@ -283,6 +350,10 @@ def ce_sum(logits, tokens):
 
 def ce_probs_not_log(logits, tokens):
     return -logits[:, :-1].softmax(-1).gather(-1, tokens[:, 1:, None]).mean()
+
+
+def ce_log_softmax_over_positions(logits, tokens):
+    return -logits[:, :-1].log_softmax(1).gather(-1, tokens[:, 1:, None]).mean()
 
 
 # ---- 10. Training step ----------------------------------------------------------------------
@@ -320,6 +391,23 @@ def train_no_step(model, optimizer, tokens):
     return loss.item()
 
 
+def train_shifted_twice(model, optimizer, tokens):
+    loss = ref.lm_cross_entropy(model(tokens[:, :-1]), tokens[:, 1:])
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def train_loss_after_step(model, optimizer, tokens):
+    loss = ref.lm_cross_entropy(model(tokens), tokens)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        return ref.lm_cross_entropy(model(tokens), tokens).item()
+
+
 # ---- 11-14. Sampling ------------------------------------------------------------------------
 N_SAMPLES = 20_000
 
@@ -339,6 +427,18 @@ def greedy_values(logits):
 
 def greedy_softmax_wrong_axis(logits):
     return logits.softmax(dim=0).argmax(dim=-1)
+
+
+def greedy_no_dim(logits):
+    return logits.argmax()
+
+
+def greedy_over_batch(logits):
+    return logits.argmax(dim=0)
+
+
+def greedy_keepdim(logits):
+    return logits.argmax(dim=-1, keepdim=True)
 
 
 def _probs_for(exercise_name: str, logits: Tensor, case: dict) -> Tensor:
@@ -375,6 +475,14 @@ def temp_multiplied(logits, temperature):
 
 def temp_on_probs(logits, temperature):
     return torch.multinomial(logits.softmax(-1) / temperature, 1).squeeze(-1)
+
+
+def temp_softmax_over_batch(logits, temperature):
+    return torch.multinomial((logits / temperature).softmax(dim=0), 1).squeeze(-1)
+
+
+def temp_argmax(logits, temperature):
+    return (logits / temperature).argmax(dim=-1)
 
 
 def top_k_plus_one(logits, k, temperature=1.0):
@@ -449,6 +557,30 @@ def kv_mask_from_zero(attn, x_new, past_k, past_v):
     return einops.einsum(z, attn.W_O, "b q h d, h d m -> b q m") + attn.b_O, k, v
 
 
+def _kv_attention(attn, x_new, past_k, past_v, mask=True):
+    q = einops.einsum(x_new, attn.W_Q, "b p m, h m d -> b p h d") + attn.b_Q
+    k_new = einops.einsum(x_new, attn.W_K, "b p m, h m d -> b p h d") + attn.b_K
+    v_new = einops.einsum(x_new, attn.W_V, "b p m, h m d -> b p h d") + attn.b_V
+    k, v = k_new, v_new
+    if past_k is not None:
+        k, v = torch.cat([past_k, k_new], 1), torch.cat([past_v, v_new], 1)
+    scores = einops.einsum(q, k, "b q h d, b k h d -> b h q k") / math.sqrt(attn.cfg.d_head)
+    if mask:
+        scores = ref.apply_causal_mask(scores)
+    z = einops.einsum(scores.softmax(-1), v, "b h q k, b k h d -> b q h d")
+    return einops.einsum(z, attn.W_O, "b q h d, h d m -> b q m") + attn.b_O, k, v, k_new, v_new
+
+
+def kv_no_mask(attn, x_new, past_k, past_v):
+    out, k, v, _, _ = _kv_attention(attn, x_new, past_k, past_v, mask=False)
+    return out, k, v
+
+
+def kv_returns_new_only(attn, x_new, past_k, past_v):
+    out, _, _, k_new, v_new = _kv_attention(attn, x_new, past_k, past_v)
+    return out, k_new, v_new
+
+
 def _judge_kv(exercise, outputs, references, mistakes):
     from utils.checks.core import describe_difference, fail, _matching_mistake
 
@@ -472,7 +604,11 @@ EXERCISES = [
                  describe=f"tokens of shape (4, 9) [batch, pos], ids from the whole vocabulary, random parameters ({_cfg_text(CFG_B)})"),
         ],
         hidden_cases=HIDDEN_TOKENS,
-        mistakes=[Mistake("rows by position", "you looked up rows of W_E by position; the embedding is indexed by token id: W_E[tokens].", EmbedByPosition)],
+        mistakes=[
+            Mistake("rows by position", "you looked up rows of W_E by position; the embedding is indexed by token id: W_E[tokens].", EmbedByPosition),
+            Mistake("scaled by sqrt(d_model)", "you multiplied the embeddings by sqrt(d_model), as the original Transformer paper does; GPT-2 uses the plain lookup W_E[tokens].", EmbedScaledBySqrtDModel),
+            Mistake("flattened tokens", "you looked up the flattened tokens and returned [batch * pos, d_model]; index with the 2-D tokens, W_E[tokens], to get [batch, pos, d_model].", EmbedFlattened),
+        ],
         stuck="an embedding is a lookup table: row t of W_E is the vector of token t (section 1).",
     ),
     Exercise(
@@ -483,6 +619,8 @@ EXERCISES = [
         mistakes=[
             Mistake("rows by token", "you indexed W_pos with the token ids; positional embeddings depend only on the position 0..pos-1.", PosEmbedByToken),
             Mistake("no batch axis", "you returned [pos, d_model]; repeat it over the batch to get [batch, pos, d_model] (einops.repeat).", PosEmbedNoBatch),
+            Mistake("all n_ctx positions", "you returned all n_ctx rows of W_pos; take only as many positions as the input has: W_pos[:seq_len] with seq_len = tokens.shape[1].", PosEmbedAllPositions),
+            Mistake("seq_len from the batch axis", "you took the sequence length from len(tokens) (tokens.shape[0]), which is the batch size; positions are axis 1: batch, seq_len = tokens.shape.", PosEmbedLenIsBatch),
         ],
         stuck="W_pos[:seq_len] holds one vector per position; every sequence in the batch gets the same ones.",
     ),
@@ -532,6 +670,8 @@ EXERCISES = [
         mistakes=[
             Mistake("ReLU instead of GELU", "you used ReLU; GPT-2's MLP uses GELU (the tanh approximation, gelu_new).", MLPRelu),
             Mistake("no input bias", "you left out b_in.", MLPNoInBias),
+            Mistake("exact GELU", "you used the exact GELU (F.gelu's default); GPT-2 uses the tanh approximation: F.gelu(..., approximate=\"tanh\").", MLPExactGelu),
+            Mistake("no output bias", "you left out b_out: ... @ W_out + b_out.", MLPNoOutBias),
         ],
         stuck="gelu_new(x @ W_in + b_in) @ W_out + b_out.",
     ),
@@ -543,13 +683,19 @@ EXERCISES = [
             Mistake("post-LN", "you normalised after adding to the residual stream (post-LN); GPT-2 is pre-LN: resid + attn(ln1(resid)).", BlockPostLN),
             Mistake("no residual connection", "you replaced the residual stream instead of adding to it: resid = resid + attn(...).", BlockNoResidual),
             Mistake("ln1 used twice", "the MLP must read through ln2, not ln1.", BlockSameLN),
+            Mistake("MLP reads resid_pre", "your MLP read the block's input, so it never sees what attention wrote; it reads resid_mid: resid_mid = resid_pre + attn(ln1(resid_pre)), then resid_mid + mlp(ln2(resid_mid)).", BlockParallel),
         ],
         stuck="resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid)).",
     ),
     Exercise(
         name="unembed", title="Unembed", reference=ref.Unembed, run=run_resid_module, cases=_resid_cases("x"),
         hidden_cases=HIDDEN_RESID,
-        mistakes=[Mistake("no bias", "you left out b_U.", UnembedNoBias)],
+        mistakes=[
+            Mistake("no bias", "you left out b_U.", UnembedNoBias),
+            Mistake("softmax applied", "you returned probabilities; the unembedding returns raw logits (no softmax): x @ W_U + b_U.", UnembedSoftmax),
+            Mistake("log_softmax applied", "you returned log-probabilities; the unembedding returns raw logits (the loss applies log_softmax itself): x @ W_U + b_U.", UnembedLogSoftmax),
+            Mistake("last position only", "you unembedded only the last position; return logits for every position, [batch, pos, d_vocab] (training needs them all).", UnembedLastPosition),
+        ],
         stuck="logits = x @ W_U + b_U.",
     ),
     Exercise(
@@ -559,6 +705,8 @@ EXERCISES = [
         mistakes=[
             Mistake("no final LayerNorm", "you skipped ln_final before the unembedding.", TransformerNoFinalLN),
             Mistake("no positional embedding", "you did not add pos_embed(tokens) to the token embeddings.", TransformerNoPosEmbed),
+            Mistake("block output discarded", "you called each block without keeping its output; write resid = block(resid) in the loop.", TransformerBlockOutputDiscarded),
+            Mistake("every block reads the embeddings", "every block read the embeddings and only the last block's output was kept; feed each block the previous one's output: resid = block(resid).", TransformerBlocksReadEmbeddings),
         ],
         stuck="resid = embed + pos_embed; each block in turn; logits = unembed(ln_final(resid)).",
     ),
@@ -573,6 +721,7 @@ EXERCISES = [
             Mistake("shifted the wrong way", "you paired logits[:, 1:] with tokens[:, :-1]; the logits at position i predict token i + 1.", ce_wrong_shift),
             Mistake("sum instead of mean", "you summed the losses; take the mean over batch and positions.", ce_sum),
             Mistake("probabilities, not log-probabilities", "use log_softmax: the loss is the negative *log* probability of the right token.", ce_probs_not_log),
+            Mistake("log_softmax over positions", "your log_softmax normalised over positions (dim 1); normalise over the vocabulary: log_softmax(dim=-1).", ce_log_softmax_over_positions),
         ],
         stuck="log_probs = logits[:, :-1].log_softmax(-1); pick the right token's entry with gather; negate and average.",
     ),
@@ -587,6 +736,8 @@ EXERCISES = [
         mistakes=[
             Mistake("no zero_grad", "gradients accumulate across steps: call optimizer.zero_grad() before loss.backward().", train_no_zero_grad),
             Mistake("parameters never updated", "the parameters never change: call optimizer.step() after loss.backward(), and zero_grad() before backward (zero_grad between backward and step throws the gradients away).", train_no_step),
+            Mistake("shifted twice", "lm_cross_entropy already pairs position i with token i + 1; pass it model(tokens) and tokens themselves, not tokens[:, :-1] and tokens[:, 1:].", train_shifted_twice),
+            Mistake("loss after the update", "you returned the loss recomputed after optimizer.step(); return the loss of the forward pass you trained on (loss.item() of that loss).", train_loss_after_step),
         ],
         stuck="loss = lm_cross_entropy(model(tokens), tokens); optimizer.zero_grad(); loss.backward(); optimizer.step(); return loss.item().",
     ),
@@ -599,6 +750,9 @@ EXERCISES = [
         mistakes=[
             Mistake("values instead of ids", "you returned the largest logit values; return their positions (token ids) with argmax.", greedy_values),
             Mistake("softmax over the batch", "your softmax ran over the batch axis (dim 0), which changes which token is largest; argmax of the logits over the last axis is enough.", greedy_softmax_wrong_axis),
+            Mistake("argmax without dim", "argmax without dim returns one index into the flattened tensor; take it per row: logits.argmax(dim=-1).", greedy_no_dim),
+            Mistake("argmax over the batch", "you took the argmax over the batch axis (dim 0); take it over the vocabulary: logits.argmax(dim=-1).", greedy_over_batch),
+            Mistake("keepdim", "you returned shape [batch, 1]; return one id per row, [batch]: argmax(dim=-1) without keepdim=True.", greedy_keepdim),
         ],
         stuck="logits.argmax(dim=-1).",
     ),
@@ -612,6 +766,8 @@ EXERCISES = [
         mistakes=[
             Mistake("multiplied by T", "you multiplied the logits by the temperature; divide them: softmax(logits / T).", temp_multiplied),
             Mistake("temperature on probabilities", "you divided the probabilities by T; torch.multinomial renormalises, so that changes nothing. Divide the logits.", temp_on_probs),
+            Mistake("softmax over the batch", "your softmax ran over the batch axis (dim 0), which made every token equally likely; normalise over the vocabulary: softmax(dim=-1).", temp_softmax_over_batch),
+            Mistake("argmax, not a sample", "you returned the most likely token every time; draw a random token with torch.multinomial(probs, num_samples=1).", temp_argmax),
         ],
         stuck="probs = (logits / temperature).softmax(-1); torch.multinomial(probs, 1).squeeze(-1).",
     ),
@@ -653,6 +809,8 @@ EXERCISES = [
         mistakes=[
             Mistake("cache not used", "the new queries only see the new keys: concatenate past_k/past_v with the new ones before computing scores.", kv_no_concat),
             Mistake("mask offset", "your mask assumes the queries start at position 0; with a cache they are the *last* q_len of k_len positions (query i is at position k_len - q_len + i).", kv_mask_from_zero),
+            Mistake("no mask", "you left out the causal mask; a single new token may see every cached key, but a prompt or a chunk of several new tokens must not see its own future: mask keys after each query's position.", kv_no_mask),
+            Mistake("returns only the new keys", "you returned the new positions' k and v; return the concatenated k_all, v_all (past and new), or the next call loses the earlier positions.", kv_returns_new_only),
         ],
         stuck="compute q, k, v for x_new; cat past k/v along the position axis; mask key positions after each query's absolute position.",
     ),
