@@ -765,7 +765,9 @@ EXERCISES = [
         ],
         mistakes=[
             Mistake("multiplied by T", "you multiplied the logits by the temperature; divide them: softmax(logits / T).", temp_multiplied),
-            Mistake("temperature on probabilities", "you divided the probabilities by T; torch.multinomial renormalises, so that changes nothing. Divide the logits.", temp_on_probs),
+            Mistake("temperature has no effect", "your samples follow softmax(logits) as if T were 1: the temperature changed nothing. "
+                    "Dividing the probabilities by T does that (torch.multinomial renormalises), and so does subtracting T "
+                    "from the logits (softmax ignores a constant shift). Divide the logits by T before the softmax.", temp_on_probs),
             Mistake("softmax over the batch", "your softmax ran over the batch axis (dim 0), which made every token equally likely; normalise over the vocabulary: softmax(dim=-1).", temp_softmax_over_batch),
             Mistake("argmax, not a sample", "you returned the most likely token every time; draw a random token with torch.multinomial(probs, num_samples=1).", temp_argmax),
         ],
