@@ -769,7 +769,8 @@ EXERCISES = [
                     "Dividing the probabilities by T does that (torch.multinomial renormalises), and so does subtracting T "
                     "from the logits (softmax ignores a constant shift). Divide the logits by T before the softmax.", temp_on_probs),
             Mistake("softmax over the batch", "your softmax ran over the batch axis (dim 0), which made every token equally likely; normalise over the vocabulary: softmax(dim=-1).", temp_softmax_over_batch),
-            Mistake("argmax, not a sample", "you returned the most likely token every time; draw a random token with torch.multinomial(probs, num_samples=1).", temp_argmax),
+            Mistake("argmax, not a sample", "every row got the same token, the most likely one: an argmax, or one draw reused for the whole batch. "
+                    "Draw one token per row: torch.multinomial(probs, num_samples=1) on the [batch, vocab] probabilities.", temp_argmax),
         ],
         stuck="probs = (logits / temperature).softmax(-1); torch.multinomial(probs, 1).squeeze(-1).",
     ),

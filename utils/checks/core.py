@@ -682,7 +682,7 @@ def diagnose(got: Any, want: Any, atol: float, rtol: float) -> str | None:
         if isinstance(got, Tensor) and got.numel() == 1:
             got = got.item()
         if isinstance(got, (int, float)) and math.isfinite(got) and want != 0 and got != 0:
-            return _ratio_story(got / want, "your number")
+            return _ratio_story(got / want, "your number", clean_only=True)
         return None
     if not (isinstance(want, Tensor) and isinstance(got, Tensor)) or got.shape != want.shape:
         return None
@@ -694,7 +694,21 @@ def diagnose(got: Any, want: Any, atol: float, rtol: float) -> str | None:
         return None
 
 
-def _ratio_story(ratio: float, what: str) -> str | None:
+def diagnose_cases(pairs: list[tuple[Any, Any]], atol: float, rtol: float) -> str | None:
+    """The diagnosis of the first failing (got, want) pair, if every failing pair has a story
+    of the same kind (numbers aside): a pattern seen in one case only may be a coincidence."""
+    import re
+
+    stories = [diagnose(g, w, atol, rtol) for g, w in pairs if not close(g, w, atol, rtol)]
+    if not stories or any(story is None for story in stories):
+        return None
+    kinds = {re.sub(r"[-+]?\d[\d.e+-]*%?", "#", story) for story in stories}
+    return stories[0] if len(kinds) == 1 else None
+
+
+def _ratio_story(ratio: float, what: str, clean_only: bool = False) -> str | None:
+    """A scale factor's story. ``clean_only``: only a sign, an integer or a square-root ratio
+    (any two single numbers have *some* ratio, which says nothing)."""
     if abs(ratio - 1) < 1e-3:
         return None
     if abs(ratio + 1) < 1e-3:
@@ -710,6 +724,8 @@ def _ratio_story(ratio: float, what: str) -> str | None:
     if n2 >= 2 and abs(size * size - n2) < 2e-3 * n2:
         return (f"{what} is exactly {sign}{words} sqrt({n2}) the expected one: a 1/sqrt(d) scale missing, applied "
                 "twice, or with the wrong d?")
+    if clean_only:
+        return None
     return f"{what} is the expected one times {ratio:.4g} everywhere: a missing or extra scale factor?"
 
 
@@ -733,11 +749,14 @@ def _diagnose_tensor(got: Tensor, want: Tensor, atol: float, rtol: float) -> str
     if not (torch.isfinite(got).all() and torch.isfinite(want).all()):
         return None
     if not got.any() and want.any():
-        return "your output is all zeros: a tensor created with torch.zeros and never filled in, or a result that was not returned?"
+        return ("your output is all zeros: did you read entries that are always 0 (above the diagonal of a causal "
+                "pattern, masked positions), or create a tensor with torch.zeros and never fill it in?")
     # a scale factor or the opposite sign
     scale = _scale_factor(got, want)
     if scale is not None:
-        return _ratio_story(scale, "your output")
+        return _ratio_story(scale, "your output", clean_only=want.numel() < 4)
+    if want.numel() < 4:  # too few numbers for a pattern to mean anything
+        return None
     # a constant offset
     offset = float((got - want).mean())
     if abs(offset) > atol and same(got - offset, want):
@@ -774,22 +793,18 @@ def _diagnose_tensor(got: Tensor, want: Tensor, atol: float, rtol: float) -> str
             return ("your output is right on and below the diagonal and wrong only above it: the part a causal mask "
                     "removes (is the mask missing, or applied to the wrong entries?)")
         if not wrong[..., upper].any() and wrong[..., ~upper].any():
-            return "your output is right above the diagonal and wrong on and below it: a mask that keeps the wrong triangle?"
+            return ("your output agrees above the diagonal (where a causal mask acts) and differs on and below it: the "
+                    "masked part is right, the part that is kept is not")
     for axis in range(want.ndim):
         n = want.shape[axis]
         if n < 3:
             continue
         per_index = wrong.transpose(0, axis).reshape(n, -1).any(dim=1)
         bad = [int(i) for i in per_index.nonzero().flatten()]
-        if 0 < len(bad) <= n // 3:
+        if 0 < len(bad) <= n // 3 and set(bad) <= {0, 1, n - 2, n - 1}:
             where = ", ".join(map(str, bad[:4])) + (", ..." if len(bad) > 4 else "")
             return (f"your output is right everywhere except at index {where} of axis {axis} ({len(bad)} of {n}): "
                     "a special case at the start or end (first/last position, a boundary in a slice or mask)?")
-        good = [int(i) for i in (~per_index).nonzero().flatten()]
-        if 0 < len(good) <= n // 3:
-            where = ", ".join(map(str, good[:4])) + (", ..." if len(good) > 4 else "")
-            return (f"your output is right only at index {where} of axis {axis} ({len(good)} of {n}): the computation "
-                    "holds there but not elsewhere (a position, head or layer index fixed where it should vary?)")
     # a near miss: the method is right, a detail of the formula is not
     rel = float((got - want).norm() / want.norm().clamp_min(1e-12))
     if rel < 0.02:
@@ -822,13 +837,23 @@ def _scale_factor(got: Tensor, want: Tensor) -> float | None:
 
 def judge_close(exercise: Exercise, outputs: list[dict], references: list[dict], mistakes: dict[str, list[dict]]) -> None:
     """Default judge: every output equals the reference's within tolerance."""
+    failing = [j for j, (got, want) in enumerate(zip(outputs, references))
+               if describe_difference("your output", got, want, exercise.atol, exercise.rtol) is not None]
     for i, (case, got, want) in enumerate(zip(exercise.cases, outputs, references)):
         problem = describe_difference("your output", got, want, exercise.atol, exercise.rtol)
         if problem is None:
             continue
-        hint = _matching_mistake(exercise, got, want, mistakes, i)
-        fail(exercise, case, problem, hint,
-             diagnosis=None if hint else diagnose(got, want, exercise.atol, exercise.rtol))
+        # A mistake is named only if it explains every failing case: one case alone (a single
+        # number, say) can match a mistake by coincidence and tell the wrong story.
+        hint = next((m for m in exercise.mistakes
+                     if all(_matching_mistake(replace(exercise, mistakes=[m]), outputs[j], references[j], mistakes, j)
+                            for j in failing)), None)
+        diagnosis = None
+        if hint is None:
+            pairs = list(zip(outputs, references))
+            pairs.insert(0, pairs.pop(i))  # this case's story first
+            diagnosis = diagnose_cases(pairs, exercise.atol, exercise.rtol)
+        fail(exercise, case, problem, hint, diagnosis=diagnosis)
 
 
 def _matching_mistake(exercise, got, want, mistakes, case_index) -> Mistake | None:
