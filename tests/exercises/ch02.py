@@ -45,9 +45,14 @@ def run_caching_hook(impl, ctx):
     hook = ctx.call(impl, store)
     if not callable(hook):
         raise LearnerError(f"caching_hook(store) should return a hook function, got {type(hook).__name__}")
-    with torch.no_grad():
-        ctx.call(model().run_with_hooks, tokens, fwd_hooks=[(name, hook) for name in CACHE_NAMES])
-    return {name: store.get(name) for name in CACHE_NAMES}
+    # Autograd stays on, as in a notebook cell, so that an activation stored without .detach()
+    # shows: it still requires grad (and keeps the graph of the whole forward pass alive).
+    ctx.call(model().run_with_hooks, tokens, fwd_hooks=[(name, hook) for name in CACHE_NAMES])
+    out = {name: store.get(name) for name in CACHE_NAMES}
+    out["names stored with their autograd graph"] = [
+        name for name in CACHE_NAMES if isinstance(store.get(name), Tensor) and store[name].requires_grad
+    ]
+    return out
 
 
 def caching_hook_fixed_key(store):
@@ -64,6 +69,13 @@ def caching_hook_first_row(store):
     return hook
 
 
+def caching_hook_no_detach(store):
+    def hook(act, hook):
+        store[hook.name] = act
+
+    return hook
+
+
 # ---- 2. zero-ablation hook ------------------------------------------------------------------
 def run_head_hook(impl, ctx):
     tokens = _random_tokens(ctx, ctx.case["batch"], ctx.case["pos"])
@@ -72,7 +84,9 @@ def run_head_hook(impl, ctx):
         for layer, head in ctx.case["heads"]:
             hook = functools.partial(impl, head=head)
             if "mean" in ctx.case:
-                _, cache = model().run_with_cache(_random_tokens(ctx, 16, ctx.case["pos"]), names_filter=f"blocks.{layer}.attn.hook_z")
+                # the reference batch may be longer than the input (mean_z[:seq_len] then matters)
+                mean_pos = ctx.case.get("mean_pos", ctx.case["pos"])
+                _, cache = model().run_with_cache(_random_tokens(ctx, 16, mean_pos), names_filter=f"blocks.{layer}.attn.hook_z")
                 hook = functools.partial(impl, head=head, mean_z=cache["z", layer].mean(0))
             logits = ctx.call(model().run_with_hooks, tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
             out[f"logits with L{layer}H{head} ablated"] = logits
@@ -91,12 +105,34 @@ def zero_all_but_head(z, hook, head):
     return z * keep[None, None, :, None]
 
 
+def zero_no_return(z, hook, head):
+    z = z.clone()
+    z[:, :, head] = 0.0
+
+
+def zero_last_axis(z, hook, head):
+    z = z.clone()
+    z[..., head] = 0.0
+    return z
+
+
 def mean_ablation_zero(z, hook, head, mean_z):
     return ref.zero_head_hook(z, hook, head)
 
 
 def mean_ablation_all_heads(z, hook, head, mean_z):
     return mean_z[: z.shape[1]].expand_as(z).clone()
+
+
+def mean_ablation_no_return(z, hook, head, mean_z):
+    z = z.clone()
+    z[:, :, head] = mean_z[: z.shape[1], head]
+
+
+def mean_ablation_over_positions(z, hook, head, mean_z):
+    z = z.clone()
+    z[:, :, head] = mean_z[: z.shape[1], head].mean(0)
+    return z
 
 
 # ---- 3-5. detectors -------------------------------------------------------------------------
@@ -313,6 +349,8 @@ EXERCISES = [
         mistakes=[
             Mistake("one key for everything", "every activation overwrote the same entry: store it under hook.name.", caching_hook_fixed_key),
             Mistake("first sequence only", "you stored act[0]; keep the whole batch.", caching_hook_first_row),
+            Mistake("not detached", "you stored the activation itself, which still carries its autograd graph (and keeps the whole "
+                    "forward pass in memory): store activation.detach().", caching_hook_no_detach),
         ],
         stuck="inside the hook: store[hook.name] = activation.detach(); return nothing.",
     ),
@@ -322,6 +360,10 @@ EXERCISES = [
         mistakes=[
             Mistake("wrong axis", "z is [batch, pos, head, d_head]: the head axis is 2, so zero z[:, :, head].", zero_wrong_axis),
             Mistake("kept only that head", "you zeroed every head except the chosen one; ablate just that head.", zero_all_but_head),
+            Mistake("hook returned None", "your hook zeroed a copy (z.clone()) but returned nothing, so the model went on with the "
+                    "original z: end the hook with `return z`.", zero_no_return),
+            Mistake("last axis", "z[..., head] indexes the last axis (d_head), zeroing one component of every head; the head "
+                    "axis is 2: z[:, :, head] = 0.", zero_last_axis),
         ],
         stuck="z = z.clone(); z[:, :, head] = 0; return z.",
     ),
@@ -391,11 +433,17 @@ EXERCISES = [
     ),
     Exercise(
         name="mean_ablation_hook", title="mean_ablation_hook", reference=ref.mean_ablation_hook, run=run_head_hook, kind="function",
-        cases=[dict(_TOKENS[0], heads=[(0, 0), (1, 3)], mean=True), dict(_TOKENS[1], heads=[(1, 1), (0, 2)], mean=True)],
+        cases=[dict(_TOKENS[0], heads=[(0, 0), (1, 3)], mean=True),
+               dict(_TOKENS[1], heads=[(1, 1), (0, 2)], mean=True, mean_pos=28,
+                    describe="random tokens of shape (3, 20); mean_z from a reference batch of 28 positions")],
         fixed=("mean",),  # tells run_head_hook to pass mean_z: what the exercise is, not an input
         mistakes=[
             Mistake("zero instead of mean", "you zeroed the head; mean ablation replaces it with mean_z[:, head] (its average output).", mean_ablation_zero),
             Mistake("every head replaced", "only the chosen head should be replaced: z[:, :, head] = mean_z[:seq_len, head].", mean_ablation_all_heads),
+            Mistake("hook returned None", "your hook edited a copy (z.clone()) but returned nothing, so the model went on with "
+                    "the original z: end the hook with `return z`.", mean_ablation_no_return),
+            Mistake("averaged over positions", "mean_z is already the mean over the batch; each position keeps its own mean: "
+                    "z[:, :, head] = mean_z[:seq_len, head], without a further .mean(0).", mean_ablation_over_positions),
         ],
         stuck="z = z.clone(); z[:, :, head] = mean_z[: z.shape[1], head]; return z.",
     ),
