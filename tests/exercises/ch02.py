@@ -160,6 +160,10 @@ def prev_per_batch(pattern):
     return pattern.diagonal(-1, -2, -1).mean(-1)
 
 
+def prev_future(pattern):
+    return pattern.diagonal(1, -2, -1).mean(dim=(0, -1))
+
+
 def dup_as_induction(pattern, half_len):
     return ref.induction_scores(pattern, half_len)
 
@@ -168,12 +172,32 @@ def dup_all_queries(pattern, half_len):
     return pattern.diagonal(-half_len, -2, -1).mean(dim=(0, -1))
 
 
+def dup_future(pattern, half_len):
+    return pattern.diagonal(half_len, -2, -1).mean(dim=(0, -1))
+
+
+def dup_per_batch(pattern, half_len):
+    return pattern.diagonal(-half_len, -2, -1)[..., 1:].mean(-1)
+
+
+def dup_sliced_by_query(pattern, half_len):
+    return pattern.diagonal(-half_len, -2, -1)[..., half_len + 1 :].mean(dim=(0, -1))
+
+
 def ind_as_duplicate(pattern, half_len):
     return ref.duplicate_token_scores(pattern, half_len)
 
 
 def ind_all_queries(pattern, half_len):
     return pattern.diagonal(-(half_len - 1), -2, -1).mean(dim=(0, -1))
+
+
+def ind_sliced_by_query(pattern, half_len):
+    return pattern.diagonal(-(half_len - 1), -2, -1)[..., half_len + 1 :].mean(dim=(0, -1))
+
+
+def ind_future(pattern, half_len):
+    return pattern.diagonal(half_len - 1, -2, -1).mean(dim=(0, -1))
 
 
 # ---- 6. per-token loss ----------------------------------------------------------------------
@@ -190,6 +214,18 @@ def ptl_no_shift(logits, tokens):
 
 def ptl_sign(logits, tokens):
     return logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]
+
+
+def ptl_averaged(logits, tokens):
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+
+
+def ptl_shifted_the_wrong_way(logits, tokens):
+    return -logits[:, 1:].log_softmax(-1).gather(-1, tokens[:, :-1, None])[..., 0]
+
+
+def ptl_softmax_over_positions(logits, tokens):
+    return -logits[:, :-1].log_softmax(1).gather(-1, tokens[:, 1:, None])[..., 0]
 
 
 # ---- 7. induction scores through hooks ------------------------------------------------------
@@ -211,6 +247,18 @@ def record_duplicate_scores(model_, tokens, half_len):
         scores[int(hook.name.split(".")[1])] = ref.duplicate_token_scores(pattern, half_len)
 
     model_.run_with_hooks(tokens, fwd_hooks=[(lambda n: n.endswith("hook_pattern"), hook)])
+    return scores
+
+
+def record_loop_variable(model_, tokens, half_len):
+    scores = torch.zeros(model_.cfg.n_layers, model_.cfg.n_heads)
+    fwd_hooks = []
+    for layer in range(model_.cfg.n_layers):
+        def hook(pattern, hook):
+            scores[layer] = ref.induction_scores(pattern, half_len)  # `layer` is read when the hook runs
+
+        fwd_hooks.append((f"blocks.{layer}.attn.hook_pattern", hook))
+    model_.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
     return scores
 
 
@@ -376,6 +424,8 @@ EXERCISES = [
             Mistake("current token", "you took the main diagonal (attention to the same position); the previous token is one below it: diagonal(offset=-1).", prev_same_position),
             Mistake("sum, not mean", "average over batch and positions instead of summing.", prev_summed),
             Mistake("not averaged over the batch", "average over the batch too: one score per head.", prev_per_batch),
+            Mistake("future token", "diagonal(offset=1) lies *above* the main diagonal: attention to the next position, which the "
+                    "causal mask sets to 0. The previous token is below it: diagonal(offset=-1, dim1=-2, dim2=-1).", prev_future),
         ],
         stuck="pattern.diagonal(offset=-1, dim1=-2, dim2=-1) is [batch, head, pos - 1]; average over batch and positions.",
     ),
@@ -387,6 +437,12 @@ EXERCISES = [
         mistakes=[
             Mistake("induction offset", "offset half_len - 1 is the *induction* position; the duplicate token sits exactly half_len back.", dup_as_induction),
             Mistake("first-half queries included", "only queries in the second copy (positions > half_len) have a duplicate to look at; leave the others out.", dup_all_queries),
+            Mistake("future offset", "diagonal(offset=half_len) lies above the main diagonal (keys after the query, all 0 under "
+                    "the causal mask); keys half_len back are below it: diagonal(offset=-half_len, dim1=-2, dim2=-1).", dup_future),
+            Mistake("not averaged over the batch", "average over the batch too (mean over dims 0 and -1): one score per head.", dup_per_batch),
+            Mistake("diagonal sliced by query position", "entry j of diagonal(offset=-half_len) is query j + half_len, not "
+                    "query j, so slicing from half_len + 1 left nothing (the mean of nothing is NaN): the second-copy "
+                    "queries start at entry 1, diag[..., 1:].", dup_sliced_by_query),
         ],
         stuck="diagonal(offset=-half_len); keep entries whose query is in the second copy; average.",
     ),
@@ -398,6 +454,11 @@ EXERCISES = [
         mistakes=[
             Mistake("duplicate offset", "offset half_len is the duplicate token itself; an induction head attends to the token *after* it: offset half_len - 1.", ind_as_duplicate),
             Mistake("first-half queries included", "only queries in the second copy (positions > half_len) count; the first copy has nothing to induct from.", ind_all_queries),
+            Mistake("diagonal sliced by query position", "entry j of diagonal(offset=-(half_len - 1)) is query j + half_len - 1, "
+                    "not query j, so slicing from half_len + 1 kept only the last query: the second-copy queries start at "
+                    "entry 2, diag[..., 2:].", ind_sliced_by_query),
+            Mistake("future offset", "diagonal(offset=half_len - 1) lies above the main diagonal (keys after the query, all 0 under "
+                    "the causal mask); use diagonal(offset=-(half_len - 1), dim1=-2, dim2=-1).", ind_future),
         ],
         stuck="diagonal(offset=-(half_len - 1)); entry j is query j + half_len - 1; keep queries > half_len; average over batch and those queries.",
     ),
@@ -409,6 +470,12 @@ EXERCISES = [
         mistakes=[
             Mistake("no shift", "position i predicts token i + 1: use logits[:, :-1] against tokens[:, 1:].", ptl_no_shift),
             Mistake("sign", "the loss is the *negative* log-probability.", ptl_sign),
+            Mistake("averaged", "you returned the mean loss, one number; return the loss at every position, [batch, pos - 1] "
+                    "(no .mean(), or F.cross_entropy(..., reduction='none') reshaped).", ptl_averaged),
+            Mistake("shifted the wrong way", "you scored logits[:, 1:] against tokens[:, :-1]; the logits at position i predict "
+                    "the *next* token: logits[:, :-1] against tokens[:, 1:].", ptl_shifted_the_wrong_way),
+            Mistake("log_softmax over positions", "log_softmax(1) normalises over positions; normalise over the vocabulary: "
+                    "log_softmax(dim=-1).", ptl_softmax_over_positions),
         ],
         stuck="-logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0].",
     ),
@@ -418,6 +485,9 @@ EXERCISES = [
         mistakes=[
             Mistake("duplicate scores", "you recorded duplicate-token scores; use induction_scores (offset half_len - 1).", record_duplicate_scores),
             Mistake("scores, not pattern", "hook hook_pattern (after the softmax), not hook_attn_scores.", record_from_scores_not_pattern),
+            Mistake("loop variable in the hook", "every hook wrote into the last layer's row: a function defined in a loop reads "
+                    "the loop variable when it runs, by then the last layer. Take the layer from the hook, "
+                    "int(hook.name.split('.')[1]), or bind it with functools.partial(hook_fn, layer=layer).", record_loop_variable),
         ],
         stuck="a hook on every name ending in 'hook_pattern' (a filter function as the name); the layer is int(hook.name.split('.')[1]).",
     ),
