@@ -298,6 +298,28 @@ def dla_no_centering(cache, model_, tokens):
     return torch.stack(out)
 
 
+def dla_no_gain(cache, model_, tokens):
+    scale = cache["ln_final.hook_scale"][:, :-1]
+    directions = model_.unembed.W_U[:, tokens[:, 1:]]
+    out = []
+    for layer in range(model_.cfg.n_layers):
+        per_head = torch.einsum("bphd,hdm->hbpm", cache["z", layer][:, :-1], model_.blocks[layer].attn.W_O)
+        per_head = per_head - per_head.mean(-1, keepdim=True)
+        out.append(torch.einsum("hbpm,mbp->hbp", per_head / scale, directions))
+    return torch.stack(out)
+
+
+def dla_unembed_rows(cache, model_, tokens):
+    scale = cache["ln_final.hook_scale"][:, :-1]
+    directions = model_.unembed.W_U[tokens[:, 1:]]  # [batch, pos - 1, d_vocab]: rows, not columns
+    out = []
+    for layer in range(model_.cfg.n_layers):
+        per_head = torch.einsum("bphd,hdm->hbpm", cache["z", layer][:, :-1], model_.blocks[layer].attn.W_O)
+        per_head = (per_head - per_head.mean(-1, keepdim=True)) / scale * model_.ln_final.w
+        out.append(torch.einsum("hbpm,bpm->hbp", per_head, directions))
+    return torch.stack(out)
+
+
 def dla_current_token(cache, model_, tokens):
     shifted = torch.cat([tokens[:, :-1], tokens[:, -1:]], dim=1)  # target = the current token
     shifted[:, 1:] = tokens[:, :-1]
@@ -332,6 +354,16 @@ def ov_no_embedding(model_, layer, head):
     return attn.W_V[head], attn.W_O[head] @ model_.unembed.W_U
 
 
+def ov_unembed_transposed(model_, layer, head):
+    attn = model_.blocks[layer].attn
+    return model_.embed.W_E @ attn.W_V[head], attn.W_O[head] @ model_.unembed.W_U.T
+
+
+def ov_embed_transposed(model_, layer, head):
+    attn = model_.blocks[layer].attn
+    return model_.embed.W_E.T @ attn.W_V[head], attn.W_O[head] @ model_.unembed.W_U
+
+
 def run_top1(impl, ctx):
     c = ctx.case
     M = ctx.randn(c["n"], c["n"]) + c["boost"] * torch.eye(c["n"]) * (ctx.randn(c["n"]) > 0).float()
@@ -347,6 +379,14 @@ def top1_columns(M):
 
 def top1_diag_above_mean(M):
     return (M.diagonal() > M.mean(-1)).float().mean().item()
+
+
+def top1_count(M):
+    return (M.argmax(dim=-1) == torch.arange(M.shape[0])).float().sum().item()
+
+
+def top1_flat_argmax(M):
+    return (M.argmax() == torch.arange(M.shape[0])).float().mean().item()
 
 
 def run_composition(impl, ctx):
@@ -367,6 +407,14 @@ def comp_spectral(A, B):
     return torch.linalg.matrix_norm(A @ B, ord=2) / (torch.linalg.matrix_norm(A, ord=2) * torch.linalg.matrix_norm(B, ord=2))
 
 
+def comp_reversed(A, B):
+    return (B @ A).norm() / (A.norm() * B.norm())
+
+
+def comp_elementwise(A, B):
+    return (A * B).norm() / (A.norm() * B.norm())
+
+
 def run_kqk(impl, ctx):
     with torch.no_grad():
         A, B = _factors(ctx.call(impl, model(), ctx.case["prev"], ctx.case["head"]))
@@ -382,6 +430,23 @@ def kqk_query_side_composed(model_, prev_head, induction_head):
     late = model_.blocks[1].attn
     q = model_.embed.W_E @ ref.ov_matrix(model_, 0, prev_head) @ late.W_Q[induction_head]
     return q, (model_.embed.W_E @ late.W_K[induction_head]).T
+
+
+def kqk_prev_head_in_layer_1(model_, prev_head, induction_head):
+    late = model_.blocks[1].attn
+    key_side = model_.embed.W_E @ ref.ov_matrix(model_, 1, prev_head) @ late.W_K[induction_head]
+    return model_.embed.W_E @ late.W_Q[induction_head], key_side.T
+
+
+def kqk_ov_transposed(model_, prev_head, induction_head):
+    late = model_.blocks[1].attn
+    key_side = model_.embed.W_E @ ref.ov_matrix(model_, 0, prev_head).T @ late.W_K[induction_head]
+    return model_.embed.W_E @ late.W_Q[induction_head], key_side.T
+
+
+def kqk_sides_swapped(model_, prev_head, induction_head):
+    query_side, key_side_t = ref.k_composed_qk_circuit(model_, prev_head, induction_head)
+    return key_side_t.T, query_side.T
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,6 +563,10 @@ EXERCISES = [
             Mistake("LayerNorm scale ignored", "divide each head's output by the final LayerNorm's scale (cache['ln_final.hook_scale']): that is what the logits saw.", dla_no_scale),
             Mistake("not centred", "LayerNorm subtracts the mean over d_model first: centre each head's output before dividing by the scale.", dla_no_centering),
             Mistake("current token", "attribute to the logit of the *next* token, tokens[:, 1:], not the current one.", dla_current_token),
+            Mistake("LayerNorm gain ignored", "after dividing by the scale, multiply by the final LayerNorm's gain, "
+                    "model.ln_final.w: the logits saw it too.", dla_no_gain),
+            Mistake("rows of W_U", "W_U is [d_model, d_vocab]: a token's unembedding direction is a column, W_U[:, token]. "
+                    "W_U[token] is a row (it only has the right shape because d_model = d_vocab here).", dla_unembed_rows),
         ],
         stuck="out = einsum(z, W_O) per head; centre over d_model; / scale * ln_final.w; dot with W_U[:, tokens[:, 1:]].",
     ),
@@ -523,6 +592,10 @@ EXERCISES = [
         mistakes=[
             Mistake("W_Q instead of W_V", "the OV circuit uses the value weights W_V, not W_Q.", ov_uses_query),
             Mistake("no embedding", "start from the tokens: A = W_E @ W_V[head], so the circuit maps tokens to logits.", ov_no_embedding),
+            Mistake("W_U transposed", "W_U is already [d_model, d_vocab]: B = W_O[head] @ W_U, without .T (the transpose "
+                    "only fits because d_model = d_vocab here).", ov_unembed_transposed),
+            Mistake("W_E transposed", "W_E is [d_vocab, d_model], one row per token: A = W_E @ W_V[head], without .T (the "
+                    "transpose only fits because d_vocab = d_model here).", ov_embed_transposed),
         ],
         stuck="A = model.embed.W_E @ attn.W_V[head]; B = attn.W_O[head] @ model.unembed.W_U.",
     ),
@@ -534,6 +607,10 @@ EXERCISES = [
         mistakes=[
             Mistake("columns", "take the argmax of each *row* (dim=-1): for source token i, which output is largest?", top1_columns),
             Mistake("above the mean", "count rows whose *largest* entry is on the diagonal, not rows where the diagonal beats the mean.", top1_diag_above_mean),
+            Mistake("count, not fraction", "you returned how many rows have their maximum on the diagonal; divide by the "
+                    "number of rows (.mean() instead of .sum()).", top1_count),
+            Mistake("argmax of the whole matrix", "M.argmax() without dim is one index into the flattened matrix; take each "
+                    "row's argmax: M.argmax(dim=-1).", top1_flat_argmax),
         ],
         stuck="(M.argmax(dim=-1) == torch.arange(len(M))).float().mean().item().",
     ),
@@ -545,6 +622,10 @@ EXERCISES = [
         mistakes=[
             Mistake("not normalised", "divide by ||W_A||_F ||W_B||_F so the score lies in [0, 1].", comp_unnormalised),
             Mistake("spectral norm", "use Frobenius norms (tensor.norm()), as Elhage et al. do.", comp_spectral),
+            Mistake("product reversed", "W_A writes what W_B reads, so the product is W_A @ W_B, not W_B @ W_A (square "
+                    "matrices multiply either way, but the result differs).", comp_reversed),
+            Mistake("elementwise product", "`*` multiplies entry by entry; compose the two matrices with `@`: "
+                    "(W_A @ W_B).norm() / (W_A.norm() * W_B.norm()).", comp_elementwise),
         ],
         stuck="(W_A @ W_B).norm() / (W_A.norm() * W_B.norm()).",
     ),
@@ -555,6 +636,12 @@ EXERCISES = [
         mistakes=[
             Mistake("previous-token head left out", "the keys see the *previous* token through the layer-0 head: insert its W_OV on the key side.", kqk_without_prev_head),
             Mistake("composed on the query side", "that is Q-composition; the previous-token head's output enters the induction head's *keys*.", kqk_query_side_composed),
+            Mistake("previous-token head from layer 1", "the previous-token head is in layer 0: use W_OV = "
+                    "model.blocks[0].attn.W_V[prev_head] @ model.blocks[0].attn.W_O[prev_head].", kqk_prev_head_in_layer_1),
+            Mistake("W_OV transposed", "in the row-vector convention the head maps x to x @ W_V @ W_O: use W_OV = W_V[prev_head] "
+                    "@ W_O[prev_head], not its transpose (it only fits because the matrix is square).", kqk_ov_transposed),
+            Mistake("query and key swapped", "rows are query tokens, columns the previous tokens of keys: return the query "
+                    "side first, (W_E @ W_Q[h], (W_E @ W_OV @ W_K[h]).T).", kqk_sides_swapped),
         ],
         stuck="query side W_E @ W_Q[h]; key side W_E @ W_OV(prev head) @ W_K[h]; return (query_side, key_side.T).",
     ),
