@@ -55,6 +55,18 @@ def judge_generate_batch(exercise, outputs, references, mistakes):
             problem = describe_difference("your batch", batch, want["batch"], 0, 0) or "wrong output"
         elif not batch.is_floating_point():
             problem = f"your batch has dtype {batch.dtype}; feature values are floats"
+        elif not torch.isfinite(batch).all():
+            # Before the range and density checks: NaN compares False with everything, so it would
+            # read as "0 % of features present" there.
+            n_nan, n_inf = int(torch.isnan(batch).sum()), int(torch.isinf(batch).sum())
+            counts = " and ".join(f"{n} {kind} value(s)" for n, kind in ((n_nan, "NaN"), (n_inf, "inf")) if n)
+            idx = [int(j) for j in (~torch.isfinite(batch)).nonzero()[0]]
+            first = "NaN" if torch.isnan(batch[tuple(idx)]) else "inf"
+            problem = (f"your batch contains {counts}; the first ({first}) at index {idx} [sample, instance, feature]. "
+                       "Feature values must be finite numbers in [0, 1]: is there a division by zero (0 / 0 is NaN) or a log of 0?")
+        elif _same_mask_every_sample(batch, p):
+            problem = ("every sample has the same features present (in an instance with 0 < feature_probability < 1): "
+                       "the mask must be drawn anew for every sample")
         elif batch.min() < 0 or batch.max() > 1:
             problem = f"feature values must lie in [0, 1], yours range from {batch.min():.2f} to {batch.max():.2f}"
         else:
@@ -95,6 +107,22 @@ def gb_shared_mask(n_batch, feature_probability, n_features):
     return x * (torch.rand(n_batch, feature_probability.shape[0], 1) < feature_probability[:, None])
 
 
+def gb_one_mask_for_batch(n_batch, feature_probability, n_features):
+    x = torch.rand(n_batch, feature_probability.shape[0], n_features)
+    return x * (torch.rand(1, feature_probability.shape[0], n_features) < feature_probability[:, None])
+
+
+def _same_mask_every_sample(batch, p) -> bool:
+    """In some instance with 0 < p < 1, is the same mix of present and absent features in every sample?
+    (All features present everywhere is "no sparsity", not this.)"""
+    if not isinstance(batch, Tensor) or batch.ndim != 3 or batch.shape[0] < 2 or batch.shape[1] != p.shape[0]:
+        return False
+    present = batch > 0
+    same = (present == present[:1]).all(dim=(0, 2))  # [instances]
+    mixed = present[0].any(-1) & ~present[0].all(-1)
+    return bool((same & mixed & (p > 0) & (p < 1)).any())
+
+
 def _density_near(batch, target):
     if not isinstance(batch, Tensor) or batch.ndim != 3:
         return False
@@ -105,7 +133,7 @@ def _density_near(batch, target):
 def run_toy_forward(impl, ctx):
     c = ctx.case
     model = ctx.make(impl, c["cfg"])
-    x = _sparse_x(ctx, c["batch"], c["cfg"])
+    x = _sparse_x(ctx, c["batch"], c["cfg"], c["p"])
     return {"out": ctx.call(model, x)}
 
 
@@ -127,6 +155,12 @@ class ToyHiddenRelu(ref.ToyModel):
         return F.relu(einops.einsum(h, self.W, "b i h, i h f -> b i f") + self.b_final)
 
 
+class ToyBiasAfterRelu(ref.ToyModel):
+    def forward(self, x):
+        h = einops.einsum(x, self.W, "b i f, i h f -> b i h")
+        return F.relu(einops.einsum(h, self.W, "b i h, i h f -> b i f")) + self.b_final
+
+
 class HiddenReluWithoutHiddenRelu(ref.HiddenReluModel):
     def forward(self, x):
         return ToyModelForward(self, x)
@@ -135,6 +169,12 @@ class HiddenReluWithoutHiddenRelu(ref.HiddenReluModel):
 def ToyModelForward(model, x):  # the plain ReLU-output forward, on any model with W and b_final
     h = einops.einsum(x, model.W, "b i f, i h f -> b i h")
     return F.relu(einops.einsum(h, model.W, "b i h, i h f -> b i f") + model.b_final)
+
+
+class HiddenReluNoBias(ref.HiddenReluModel):
+    def forward(self, x):
+        h = F.relu(einops.einsum(x, self.W, "b i f, i h f -> b i h"))
+        return F.relu(einops.einsum(h, self.W, "b i h, i h f -> b i f"))
 
 
 class HiddenReluNoOutputRelu(ref.HiddenReluModel):
@@ -146,9 +186,9 @@ class HiddenReluNoOutputRelu(ref.HiddenReluModel):
 # ---- 3. loss, 4. training step --------------------------------------------------------------
 def run_loss(impl, ctx):
     c = ctx.case
-    x = _sparse_x(ctx, c["batch"], c["cfg"])
+    x = _sparse_x(ctx, c["batch"], c["cfg"], c["p"])
     out = x + 0.3 * ctx.randn(*x.shape)
-    importance = 0.8 ** torch.arange(c["cfg"].n_features, dtype=torch.float32)
+    importance = c["decay"] ** torch.arange(c["cfg"].n_features, dtype=torch.float32)
     importance = importance * (1 + torch.arange(c["cfg"].n_instances)[:, None])  # differs per instance too
     loss = ctx.call(impl, out, x, importance)
     if isinstance(loss, Tensor) and loss.numel() == 1:
@@ -168,14 +208,22 @@ def loss_sum_batch(out, x, importance):
     return (importance * (x - out) ** 2).sum(0).mean(-1).sum()
 
 
+def loss_importance_squared(out, x, importance):
+    return ((importance * (x - out)) ** 2).mean(dim=(0, 2)).sum()
+
+
+def loss_sum_features(out, x, importance):
+    return (importance * (x - out) ** 2).mean(0).sum()
+
+
 def run_toy_step(impl, ctx):
     c = ctx.case
     model = ref.ToyModel(c["cfg"], seed=c["seed"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    importance = 0.9 ** torch.arange(c["cfg"].n_features, dtype=torch.float32)
+    importance = c["decay"] ** torch.arange(c["cfg"].n_features, dtype=torch.float32)
     losses = []
     for _ in range(3):
-        x = _sparse_x(ctx, 16, c["cfg"])
+        x = _sparse_x(ctx, 16, c["cfg"], c["p"])
         loss = ctx.call(impl, model, optimizer, x, importance)
         if isinstance(loss, Tensor) and loss.numel() == 1:
             loss = loss.item()
@@ -187,6 +235,14 @@ def run_toy_step(impl, ctx):
 
 def step_no_zero_grad(model, optimizer, x, importance):
     loss = ref.importance_weighted_loss(model(x), x, importance)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def step_plain_mse(model, optimizer, x, importance):
+    loss = F.mse_loss(model(x), x)
+    optimizer.zero_grad()
     loss.backward()
     optimizer.step()
     return loss.item()
@@ -205,7 +261,9 @@ def run_on_W(impl, ctx):
     W = ctx.randn(c["inst"], c["hid"], c["feat"]) * c.get("scale", 1.0)
     if c.get("sparse_rows"):
         W = W * (ctx.randn(c["inst"], 1, c["feat"]) > 0)  # some features unrepresented
-    value = ctx.call(impl, W)
+    if c.get("dead_neurons"):
+        W = W * (ctx.randn(c["inst"], c["hid"], 1) > -0.5)  # some neurons (rows) with no weights at all
+    value = ctx.call(impl, W, *c.get("args", ()))
     return {"value": value}
 
 
@@ -217,12 +275,21 @@ def norms_squared(W):
     return (W**2).sum(1)
 
 
+def norms_instance_axis(W):
+    return W.norm(dim=0)
+
+
 def gram_hidden(W):
     return einops.einsum(W, W, "i h1 f, i h2 f -> i h1 h2")
 
 
 def gram_no_instances(W):
     return einops.einsum(W, W, "i h f1, j h f2 -> i f1 f2") / W.shape[0]
+
+
+def gram_cosines(W):
+    unit = W / W.norm(dim=1, keepdim=True)
+    return einops.einsum(unit, unit, "i h f1, i h f2 -> i f1 f2")
 
 
 def sup_includes_self(W):
@@ -232,6 +299,18 @@ def sup_includes_self(W):
 
 def sup_not_normalised(W):
     overlaps = einops.einsum(W, W, "i h a, i h b -> i a b") ** 2
+    return overlaps.sum(-1) - overlaps.diagonal(dim1=-2, dim2=-1)
+
+
+def sup_not_squared(W):
+    unit = W / (W.norm(dim=1, keepdim=True) + 1e-6)
+    overlaps = einops.einsum(unit, W, "i h a, i h b -> i a b")
+    return overlaps.sum(-1) - overlaps.diagonal(dim1=-2, dim2=-1)
+
+
+def sup_cosines(W):
+    unit = W / (W.norm(dim=1, keepdim=True) + 1e-6)
+    overlaps = einops.einsum(unit, unit, "i h a, i h b -> i a b") ** 2
     return overlaps.sum(-1) - overlaps.diagonal(dim1=-2, dim2=-1)
 
 
@@ -246,10 +325,22 @@ def dim_excludes_self(W):
     return W.norm(dim=1) ** 2 / (overlaps.sum(-1) - overlaps.diagonal(dim1=-2, dim2=-1)).clamp_min(1e-12)
 
 
+def dim_norm_not_squared(W):
+    unit = W / (W.norm(dim=1, keepdim=True) + 1e-6)
+    overlaps = einops.einsum(unit, W, "i h a, i h b -> i a b") ** 2
+    return W.norm(dim=1) / overlaps.sum(-1).clamp_min(1e-12)
+
+
+def dim_cosines(W):
+    unit = W / (W.norm(dim=1, keepdim=True) + 1e-6)
+    overlaps = einops.einsum(unit, unit, "i h a, i h b -> i a b") ** 2
+    return W.norm(dim=1) ** 2 / overlaps.sum(-1).clamp_min(1e-12)
+
+
 def run_phase(impl, ctx):
     c = ctx.case
     W = ctx.randn(c["inst"], 1, 2) * 0.8
-    codes = ctx.call(impl, W)
+    codes = ctx.call(impl, W, c["threshold"])
     return {"codes": codes}
 
 
@@ -267,6 +358,19 @@ def phase_swapped(W, threshold=0.5):
     return torch.where(codes == 0, 1, torch.where(codes == 1, 0, codes))
 
 
+def phase_threshold_ignored(W, threshold=0.5):
+    return ref.one_neuron_phase(W, 0.5)
+
+
+def phase_squared(W, threshold=0.5):
+    represented = (W**2)[:, 0, :] > threshold
+    codes = torch.full((W.shape[0],), -1, dtype=torch.long)
+    codes[represented[:, 0] & ~represented[:, 1]] = 0
+    codes[~represented[:, 0] & represented[:, 1]] = 1
+    codes[represented[:, 0] & represented[:, 1]] = 2
+    return codes
+
+
 def poly_signed(W, purity=0.9, alive=0.1):
     energy = W**2
     total = energy.sum(-1)
@@ -277,6 +381,17 @@ def poly_signed(W, purity=0.9, alive=0.1):
 
 def poly_over_features(W, purity=0.9, alive=0.1):
     return ref.polysemantic_fraction(W.transpose(1, 2), purity, alive)
+
+
+def poly_defaults(W, purity=0.9, alive=0.1):
+    return ref.polysemantic_fraction(W)
+
+
+def poly_dead_counted(W, purity=0.9, alive=0.1):
+    energy = F.relu(W) ** 2
+    total = energy.sum(-1)
+    poly = (energy.max(-1).values / total.clamp_min(1e-12) < purity) & (total.sqrt() > alive)
+    return poly.sum(-1).float() / W.shape[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,41 +414,49 @@ EXERCISES = [
                     detect=lambda got, want: isinstance(got["batch"], Tensor) and bool(got["batch"].min() < 0)),
             Mistake("one mask per instance", "your mask has one entry per (sample, instance): draw it for every feature separately.", gb_shared_mask,
                     detect=lambda got, want: isinstance(got["batch"], Tensor) and got["batch"].ndim == 3 and _presence_correlation(got["batch"]) > 0.3),
+            Mistake("one mask for the whole batch", "your mask has no batch axis (shape [n_instances, n_features] or [1, ...]), so "
+                    "every sample gets the same features: draw it with the full shape, torch.rand(n_batch, n_instances, n_features) "
+                    "< feature_probability[:, None].", gb_one_mask_for_batch,
+                    detect=lambda got, want: _same_mask_every_sample(got["batch"], want["p"])),
         ],
         stuck="values = torch.rand(n_batch, n_instances, n_features); mask = torch.rand(same shape) < feature_probability[:, None]; return values * mask.",
     ),
     Exercise(
         name="toy_model", title="ToyModel", reference=ref.ToyModel, run=run_toy_forward,
-        cases=[dict(seed=93, cfg=CFG_A, batch=6, describe="x of shape (6, 3, 5) [batch, instances, features], random W and b_final"),
-               dict(seed=94, cfg=CFG_B, batch=4, describe="x of shape (4, 2, 8), random W and b_final")],
-        hidden_cases=[dict(seed=0, cfg=CFG_H, batch=7)],
+        cases=[dict(seed=93, cfg=CFG_A, batch=6, p=0.4, describe="x of shape (6, 3, 5) [batch, instances, features], random W and b_final"),
+               dict(seed=94, cfg=CFG_B, batch=4, p=0.8, describe="x of shape (4, 2, 8), random W and b_final")],
+        hidden_cases=[dict(seed=0, cfg=CFG_H, batch=7, p=0.2)],
         mistakes=[
             Mistake("no ReLU", "the output is ReLU(W^T h + b_final): you left out the ReLU.", ToyNoRelu),
             Mistake("no bias", "add b_final before the ReLU.", ToyNoBias),
             Mistake("ReLU on the hidden layer", "this model is linear in the hidden layer (h = W x); the hidden ReLU is a different model (section 6).", ToyHiddenRelu),
+            Mistake("bias after the ReLU", "add b_final inside the ReLU, ReLU(W^T h + b_final), not after it: a negative bias must be able to silence a feature.", ToyBiasAfterRelu),
         ],
         stuck="h = einsum(x, W, 'batch inst feat, inst hid feat -> batch inst hid'); out = einsum(h, W, 'batch inst hid, inst hid feat -> batch inst feat'); ReLU(out + b_final).",
     ),
     Exercise(
         name="toy_loss", title="importance_weighted_loss", reference=ref.importance_weighted_loss, run=run_loss, kind="function",
-        cases=[dict(seed=95, cfg=CFG_A, batch=8, describe="out and x of shape (8, 3, 5), importance (3, 5)"),
-               dict(seed=96, cfg=CFG_B, batch=5, describe="out and x of shape (5, 2, 8), importance (2, 8)")],
-        hidden_cases=[dict(seed=0, cfg=CFG_H, batch=9)],
+        cases=[dict(seed=95, cfg=CFG_A, batch=8, p=0.4, decay=0.8, describe="out and x of shape (8, 3, 5), importance (3, 5) [instances, features]"),
+               dict(seed=96, cfg=CFG_B, batch=5, p=0.7, decay=0.6, describe="out and x of shape (5, 2, 8), importance (2, 8)")],
+        hidden_cases=[dict(seed=0, cfg=CFG_H, batch=9, p=0.3, decay=0.9)],
         mistakes=[
             Mistake("importance ignored", "weight each feature's squared error by its importance.", loss_no_importance),
             Mistake("mean over instances", "sum over instances (each instance is its own model); average over batch and features only.", loss_mean_instances),
             Mistake("sum over the batch", "average over the batch; a sum makes the loss (and the step size) grow with the batch size.", loss_sum_batch),
+            Mistake("importance inside the square", "you squared the importance too ((importance * (x - out)) ** 2): weight the squared error, importance * (x - out) ** 2.", loss_importance_squared),
+            Mistake("sum over features", "average over the features as well as the batch (.mean(dim=(0, 2))), then sum over instances only.", loss_sum_features),
         ],
         stuck="(importance * (x - out) ** 2).mean(dim=(0, 2)).sum().",
     ),
     Exercise(
         name="toy_train_step", title="train_toy_step", reference=ref.train_toy_step, run=run_toy_step, kind="function",
         uses="importance_weighted_loss", rtol=1e-3,
-        cases=[dict(seed=97, cfg=CFG_A, describe="3 AdamW steps (lr 1e-2) on a ToyModel with 3 instances, 5 features, 2 hidden"),
-               dict(seed=98, cfg=CFG_B, describe="3 AdamW steps (lr 1e-2) on a ToyModel with 2 instances, 8 features, 3 hidden")],
+        cases=[dict(seed=97, cfg=CFG_A, p=0.4, decay=0.9, describe="3 AdamW steps (lr 1e-2) on a ToyModel with 3 instances, 5 features, 2 hidden, importance 0.9^i"),
+               dict(seed=98, cfg=CFG_B, p=0.7, decay=0.7, describe="3 AdamW steps (lr 1e-2) on a ToyModel with 2 instances, 8 features, 3 hidden, importance 0.7^i")],
         mistakes=[
             Mistake("no zero_grad", "gradients accumulate across steps: call optimizer.zero_grad() before loss.backward().", step_no_zero_grad),
             Mistake("no optimizer.step()", "the weights never change: call optimizer.step() after loss.backward().", step_no_step),
+            Mistake("plain MSE", "you trained on an unweighted mean squared error (F.mse_loss); use importance_weighted_loss(model(x), x, importance).", step_plain_mse),
         ],
         stuck="loss = importance_weighted_loss(model(x), x, importance); zero_grad; backward; step; return loss.item().",
     ),
@@ -343,6 +466,7 @@ EXERCISES = [
         mistakes=[
             Mistake("wrong axis", "a feature's direction is a column W[:, :, i]: take the norm over the hidden axis (dim=1).", norms_wrong_axis),
             Mistake("squared", "return the norm itself, not its square.", norms_squared),
+            Mistake("instance axis", "W has an instance axis first ([instances, hidden, features]): the hidden axis is dim=1, not dim=0 as for a single 2-D W.", norms_instance_axis),
         ],
         stuck="W.norm(dim=1).",
     ),
@@ -352,6 +476,7 @@ EXERCISES = [
         mistakes=[
             Mistake("W W^T", "you computed W W^T ([hidden, hidden]); the feature-by-feature matrix is W^T W ([features, features]).", gram_hidden),
             Mistake("mixed instances", "each instance is a separate model: keep the instance axis in both operands.", gram_no_instances),
+            Mistake("cosine similarities", "you normalised the columns first (cosine similarities); the Gram matrix uses W itself, so its diagonal holds the squared norms ||W_i||^2.", gram_cosines),
         ],
         stuck="einops.einsum(W, W, 'inst hid f1, inst hid f2 -> inst f1 f2').",
     ),
@@ -361,6 +486,8 @@ EXERCISES = [
         mistakes=[
             Mistake("includes itself", "leave out j = i: a feature does not interfere with itself.", sup_includes_self),
             Mistake("not normalised", "project onto the *unit* vector of feature i (divide W_i by its norm).", sup_not_normalised),
+            Mistake("not squared", "square each overlap before summing, (W_i_hat . W_j) ** 2: signed overlaps cancel out.", sup_not_squared),
+            Mistake("both normalised", "normalise only feature i's vector: (W_i_hat . W_j)^2 keeps W_j's length, so a weakly represented feature interferes less.", sup_cosines),
         ],
         stuck="unit = W / W.norm(dim=1, keepdim=True); overlaps[i, j] = (unit_i . W_j)^2; sum over j and subtract the diagonal.",
     ),
@@ -370,36 +497,44 @@ EXERCISES = [
         mistakes=[
             Mistake("not normalised", "the denominator projects onto the *unit* vector of feature i: (W_i_hat . W_j)^2.", dim_not_normalised),
             Mistake("self left out", "the denominator's sum includes j = i (that term is ||W_i||^2, so a lone feature gets D = 1).", dim_excludes_self),
+            Mistake("norm not squared", "the numerator is the *squared* norm, W.norm(dim=1) ** 2.", dim_norm_not_squared),
+            Mistake("both normalised", "normalise only W_i in the denominator: sum_j (W_i_hat . W_j)^2 keeps W_j's length.", dim_cosines),
         ],
         stuck="D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2, the sum including j = i.",
     ),
     Exercise(
         name="one_neuron_phase", title="one_neuron_phase", reference=ref.one_neuron_phase, run=run_phase, kind="function",
-        cases=[dict(seed=99, inst=40, describe="W of shape (40, 1, 2): 40 one-neuron models of 2 features"),
-               dict(seed=100, inst=64, describe="W of shape (64, 1, 2)")],
+        cases=[dict(seed=99, inst=40, threshold=0.5, describe="W of shape (40, 1, 2): 40 one-neuron models of 2 features, threshold 0.5"),
+               dict(seed=100, inst=64, threshold=0.3, describe="W of shape (64, 1, 2), threshold 0.3")],
         mistakes=[
             Mistake("sign", "a feature is represented whatever the sign of its weight: compare |W| with the threshold.", phase_signed),
             Mistake("codes swapped", "code 0 means only feature 0 is represented, code 1 only feature 1.", phase_swapped),
+            Mistake("threshold ignored", "you compared with 0.5 whatever the `threshold` argument: compare |W| with `threshold`.", phase_threshold_ignored),
+            Mistake("squared weight", "compare |W| itself with the threshold, not W ** 2.", phase_squared),
         ],
         stuck="represented = W.abs()[:, 0, :] > threshold; then codes 0 / 1 / 2 / -1 from the two booleans.",
     ),
     Exercise(
         name="hidden_relu_model", title="HiddenReluModel", reference=ref.HiddenReluModel, run=run_toy_forward,
-        cases=[dict(seed=101, cfg=CFG_A, batch=6, describe="x of shape (6, 3, 5), random W and b_final"),
-               dict(seed=102, cfg=CFG_B, batch=4, describe="x of shape (4, 2, 8), random W and b_final")],
+        cases=[dict(seed=101, cfg=CFG_A, batch=6, p=0.4, describe="x of shape (6, 3, 5), random W and b_final"),
+               dict(seed=102, cfg=CFG_B, batch=4, p=0.8, describe="x of shape (4, 2, 8), random W and b_final")],
         mistakes=[
             Mistake("no hidden ReLU", "the privileged-basis model applies a ReLU to the hidden layer: h = ReLU(W x).", HiddenReluWithoutHiddenRelu),
             Mistake("no output ReLU", "keep the output ReLU too: ReLU(W^T h + b_final).", HiddenReluNoOutputRelu),
+            Mistake("no bias", "add b_final before the output ReLU: ReLU(W^T h + b_final).", HiddenReluNoBias),
         ],
         stuck="h = ReLU(einsum(x, W)); out = ReLU(einsum(h, W) + b_final).",
     ),
     Exercise(
         name="polysemantic_fraction", title="polysemantic_fraction", reference=ref.polysemantic_fraction, run=run_on_W, kind="function",
-        cases=[dict(seed=103, inst=4, hid=5, feat=10, describe="W of shape (4, 5, 10) [instances, neurons, features]"),
-               dict(seed=104, inst=3, hid=6, feat=6, sparse_rows=True, describe="W of shape (3, 6, 6), some features zeroed")],
+        cases=[dict(seed=103, inst=4, hid=5, feat=10, args=(0.9, 0.1), describe="W of shape (4, 5, 10) [instances, neurons, features], purity 0.9, alive 0.1"),
+               dict(seed=104, inst=3, hid=6, feat=6, sparse_rows=True, dead_neurons=True, args=(0.7, 0.3),
+                    describe="W of shape (3, 6, 6), some features zeroed, some neurons dead, purity 0.7, alive 0.3")],
         mistakes=[
             Mistake("negative weights counted", "behind a ReLU a negative weight only silences a neuron: measure purity on the positive weights (F.relu(W) ** 2).", poly_signed),
             Mistake("features, not neurons", "the question is per *neuron* (a row W[:, j, :]): how many features does it respond to?", poly_over_features),
+            Mistake("arguments ignored", "you used purity 0.9 and alive 0.1 whatever the arguments: use the `purity` and `alive` passed in.", poly_defaults),
+            Mistake("dead neurons counted", "divide by the number of *live* neurons (positive-weight norm > alive), not by every neuron.", poly_dead_counted),
         ],
         stuck="energy = relu(W)**2; per neuron: top share = max over features / sum over features; polysemantic if share < purity among live neurons.",
     ),
