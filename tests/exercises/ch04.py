@@ -24,13 +24,14 @@ def _model(ctx, n_layers=2, n_heads=3, attn_only=False) -> Transformer:
     return Transformer(cfg, seed=int(torch.randint(0, 2**31, (1,), generator=ctx.gen))).eval()
 
 
-def _prompts(ctx, batch, pos):
+def _prompts(ctx, batch, pos, s2_back=3):
     """Random prompts with a repeated 'subject' S (at two positions) and an IO name once; the
-    corrupted prompt has IO at S's second position. Returns clean, corrupt, io, s, s2_pos."""
+    corrupted prompt has IO at S's second position, ``s2_back`` tokens before the end (cases
+    vary it, so code that hard-codes S2's position fails). Returns clean, corrupt, io, s, s2_pos."""
     tokens = ctx.randint(VOCAB - N_NAMES, batch, pos) + N_NAMES
     perm = torch.stack([torch.randperm(N_NAMES, generator=ctx.gen)[:2] for _ in range(batch)])
     io, s = perm[:, 0], perm[:, 1]
-    s2 = pos - 3
+    s2 = pos - s2_back
     first = torch.randperm(s2 - 1, generator=ctx.gen)[:2] + 1  # two distinct early positions
     rows = torch.arange(batch)
     tokens[rows, first[0]] = io
@@ -44,7 +45,7 @@ def _prompts(ctx, batch, pos):
 def _setup(ctx):
     c = ctx.case
     model = _model(ctx, c.get("layers", 2), c.get("heads", 3), c.get("attn_only", False))
-    clean, corrupt, io, s, _ = _prompts(ctx, c["batch"], c["pos"])
+    clean, corrupt, io, s, _ = _prompts(ctx, c["batch"], c["pos"], c.get("s2_back", 3))
     return model, clean, corrupt, ref.ld_metric(io, s)
 
 
@@ -59,7 +60,7 @@ def _as_tensor(value, what: str) -> Tensor:
 # ---- 1. symmetric corruption ----------------------------------------------------------------
 def run_corruption(impl, ctx):
     c = ctx.case
-    clean, _, io, s, _ = _prompts(ctx, c["batch"], c["pos"])
+    clean, _, io, s, _ = _prompts(ctx, c["batch"], c["pos"], c["s2_back"])
     return {"corrupted tokens": ctx.call(impl, clean, io, s)}
 
 
@@ -77,6 +78,12 @@ def corrupt_first_s(tokens, io, s):
 def corrupt_swap_names(tokens, io, s):
     out = torch.where(tokens == s[:, None], io[:, None], tokens)
     return torch.where(tokens == io[:, None], s[:, None], out)
+
+
+def corrupt_fixed_position(tokens, io, s):
+    out = tokens.clone()
+    out[:, -3] = io  # where S2 sits in the chapter's template
+    return out
 
 
 # ---- 2. logit difference --------------------------------------------------------------------
@@ -100,6 +107,14 @@ def ld_probs(logits, io, s):
     return ref.logit_diff(logits.softmax(-1), io, s)
 
 
+def ld_every_pair(logits, io, s):
+    return logits[:, -1, io] - logits[:, -1, s]  # [batch, batch]: every prompt's logits at every prompt's names
+
+
+def ld_averaged(logits, io, s):
+    return ref.logit_diff(logits, io, s).mean()
+
+
 # ---- 3. normalised metric -------------------------------------------------------------------
 def run_normalised(impl, ctx):
     c = ctx.case
@@ -114,6 +129,14 @@ def norm_by_clean(ld, ld_clean, ld_corrupt):
 
 def norm_flipped(ld, ld_clean, ld_corrupt):
     return (ld - ld_clean) / (ld_corrupt - ld_clean)
+
+
+def norm_abs_denominator(ld, ld_clean, ld_corrupt):
+    return (ld - ld_corrupt) / abs(ld_clean - ld_corrupt)
+
+
+def norm_clean_denominator(ld, ld_clean, ld_corrupt):
+    return (ld - ld_corrupt) / ld_clean
 
 
 # ---- 4-8. activation patching ---------------------------------------------------------------
@@ -175,6 +198,25 @@ def blocks_noising(model, clean, corrupt, metric):
     return ref.patch_block_outputs(model, clean, corrupt, metric, direction="noise")
 
 
+@torch.no_grad()
+def _blocks(model, clean, corrupt, metric, comps):
+    _, cache = model.run_with_cache(clean)
+    out = torch.zeros(len(comps), model.cfg.n_layers, clean.shape[1])
+    for c, comp in enumerate(comps):
+        for layer in range(model.cfg.n_layers):
+            for pos in range(clean.shape[1]):
+                out[c, layer, pos] = _patch(model, corrupt, cache, metric, f"blocks.{layer}.hook_{comp}", (slice(None), pos))
+    return out
+
+
+def blocks_no_mlp(model, clean, corrupt, metric):
+    return _blocks(model, clean, corrupt, metric, ["attn_out"])
+
+
+def blocks_mlp_first(model, clean, corrupt, metric):
+    return _blocks(model, clean, corrupt, metric, ["attn_out"] if model.cfg.attn_only else ["mlp_out", "attn_out"])
+
+
 def heads_direction_ignored(model, clean, corrupt, metric, direction="denoise"):
     return ref.patch_head_outputs(model, clean, corrupt, metric)
 
@@ -204,6 +246,16 @@ def head_pos_noising(model, clean, corrupt, metric):
 
 
 @torch.no_grad()
+def head_pos_every_head(model, clean, corrupt, metric):
+    _, cache = model.run_with_cache(clean)
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, clean.shape[1])
+    for layer in range(model.cfg.n_layers):
+        for pos in range(clean.shape[1]):
+            out[layer, :, pos] = _patch(model, corrupt, cache, metric, f"blocks.{layer}.attn.hook_z", (slice(None), pos))
+    return out
+
+
+@torch.no_grad()
 def pattern_values(model, clean, corrupt, metric):
     _, cache = model.run_with_cache(clean)
     out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
@@ -211,6 +263,20 @@ def pattern_values(model, clean, corrupt, metric):
         for head in range(model.cfg.n_heads):
             out[layer, head] = _patch(model, corrupt, cache, metric, f"blocks.{layer}.attn.hook_v", (slice(None), slice(None), head))
     return out
+
+
+@torch.no_grad()
+def pattern_head_axis(model, clean, corrupt, metric):
+    _, cache = model.run_with_cache(clean)
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        for head in range(model.cfg.n_heads):  # axis 2 of the pattern is the query position, not the head
+            out[layer, head] = _patch(model, corrupt, cache, metric, f"blocks.{layer}.attn.hook_pattern", (slice(None), slice(None), head))
+    return out
+
+
+def pattern_noising(model, clean, corrupt, metric):
+    return ref.patch_head_patterns(model, clean, corrupt, metric, direction="noise")
 
 
 @torch.no_grad()
@@ -228,8 +294,11 @@ def run_path_patch(impl, ctx):
     c = ctx.case
     out = {}
     for i, (senders, receivers, inp) in enumerate(c["paths"]):
-        value = ctx.call(impl, model, clean, corrupt, metric, senders, receivers, inp)
-        out[f"path {i}: {senders} -> {receivers if receivers is not None else 'logits'} ({inp})"] = _as_tensor(value, "path_patch's result")
+        value = _as_tensor(ctx.call(impl, model, clean, corrupt, metric, senders, receivers, inp), "path_patch's result")
+        # One number per path, compared as a number: as a 1-element tensor every wrong value would
+        # read as "the expected output times 1.01 everywhere: a scale factor?".
+        out[f"path {i}: {senders} -> {receivers if receivers is not None else 'logits'} ({inp})"] = (
+            float(value) if value.numel() == 1 else value)
     return out
 
 
@@ -295,6 +364,53 @@ def path_receiver_outputs(model, clean, corrupt, metric, senders, receivers=None
     return metric(model.run_with_hooks(corrupt, fwd_hooks=[(f"blocks.{l}.attn.hook_z", patch) for l, _ in receivers]))
 
 
+@torch.no_grad()
+def _path_variant(model, clean, corrupt, metric, senders, receivers, receiver_input, whole_layer=False, senders_again=False):
+    if receivers is None:
+        return ref.path_patch(model, clean, corrupt, metric, senders, None)
+    _, clean_cache = model.run_with_cache(clean)
+    _, corrupt_cache = model.run_with_cache(corrupt)
+
+    def with_senders(z, layer):
+        for l, h in senders:
+            if l == layer:
+                z[:, :, h] = clean_cache[f"blocks.{layer}.attn.hook_z"][:, :, h]
+        return z
+
+    def freeze(z, hook):
+        return with_senders(corrupt_cache[hook.name].clone(), int(hook.name.split(".")[1]))
+
+    def senders_only(z, hook):
+        return with_senders(z.clone(), int(hook.name.split(".")[1]))
+
+    names = {f"blocks.{l}.attn.hook_{receiver_input}" for l, _ in receivers}
+    store = {}
+    model.run_with_hooks(corrupt, fwd_hooks=[(lambda n: n.endswith("hook_z"), freeze)] +
+                         [(n, lambda a, hook: store.__setitem__(hook.name, a.clone())) for n in names])
+
+    def patch(act, hook):
+        if whole_layer:  # every head of the receiver's layer
+            return store[hook.name]
+        act = act.clone()
+        for l, h in receivers:
+            if f"blocks.{l}.attn.hook_{receiver_input}" == hook.name:
+                act[:, :, h] = store[hook.name][:, :, h]
+        return act
+
+    hooks = [(n, patch) for n in names]
+    if senders_again:
+        hooks = [(lambda n: n.endswith("hook_z"), senders_only)] + hooks
+    return metric(model.run_with_hooks(corrupt, fwd_hooks=hooks))
+
+
+def path_whole_receiver_layer(model, clean, corrupt, metric, senders, receivers=None, receiver_input="q"):
+    return _path_variant(model, clean, corrupt, metric, senders, receivers, receiver_input, whole_layer=True)
+
+
+def path_senders_in_second_run(model, clean, corrupt, metric, senders, receivers=None, receiver_input="q"):
+    return _path_variant(model, clean, corrupt, metric, senders, receivers, receiver_input, senders_again=True)
+
+
 # ---- 10. attribution patching ---------------------------------------------------------------
 def _z_and_grads(model, tokens, metric):
     acts = {}
@@ -334,6 +450,10 @@ def attr_sign(model, clean, corrupt, metric):
     return _attribution(model, clean, corrupt, metric, "corrupt", lambda c, k: k - c)
 
 
+def attr_abs(model, clean, corrupt, metric):
+    return ref.attribution_patch(model, clean, corrupt, metric).abs()
+
+
 def run_attribution(impl, ctx):
     model, clean, corrupt, metric = _setup(ctx)
     value = ctx.call(impl, model, clean, corrupt, metric)
@@ -346,7 +466,7 @@ def run_attribution(impl, ctx):
 def run_faithfulness(impl, ctx):
     c = ctx.case
     model = _model(ctx, c.get("layers", 2), c.get("heads", 3), c.get("attn_only", False))
-    clean, _, io, s, s2 = _prompts(ctx, c["batch"], c["pos"])
+    clean, _, io, s, s2 = _prompts(ctx, c["batch"], c["pos"], c.get("s2_back", 3))
     reference = clean.clone()
     reference[:, s2] = ctx.randint(N_NAMES, c["batch"])  # a third name ("ABC")
     reference = reference[torch.randperm(c["batch"], generator=ctx.gen)]
@@ -384,12 +504,22 @@ def faith_position_mean(model, tokens, io, s, circuit, reference):
                        lambda name, z: means[name].mean(0)[None, None].expand_as(z))
 
 
+def faith_clean_means(model, tokens, io, s, circuit, reference):
+    keep = {tuple(h) for h in circuit}
+    means = ref.mean_head_outputs(model, tokens)
+    return _ablated_ld(model, tokens, io, s, lambda l, h: (l, h) not in keep, lambda name, z: means[name][None].expand_as(z))
+
+
+def faith_not_divided(model, tokens, io, s, circuit, reference):
+    return ref.circuit_logit_diff(model, tokens, io, s, circuit, reference)
+
+
 # ---------------------------------------------------------------------------------------------
 _SMALL = [dict(seed=401, batch=3, pos=8, describe="a random 2-layer model with MLPs (3 heads), 3 prompts of 8 tokens"),
-          dict(seed=402, batch=2, pos=10, layers=3, heads=2, attn_only=True,
-               describe="a random 3-layer attention-only model (2 heads), 2 prompts of 10 tokens")]
+          dict(seed=402, batch=2, pos=10, layers=3, heads=2, attn_only=True, s2_back=5,
+               describe="a random 3-layer attention-only model (2 heads), 2 prompts of 10 tokens (S2 at position 5)")]
 # Hidden tests only: a deeper model with more heads and longer prompts.
-_SMALL_HIDDEN = [dict(seed=0, batch=4, pos=12, layers=3, heads=4)]
+_SMALL_HIDDEN = [dict(seed=0, batch=4, pos=12, layers=3, heads=4, s2_back=4)]
 _PATHS = [[([(0, 0)], [(1, 1)], "q"), ([(0, 1), (0, 2)], [(1, 0)], "v"), ([(0, 2)], None, "q")],
           [([(0, 0)], [(2, 1)], "q"), ([(0, 1)], [(2, 0), (2, 1)], "k"), ([(1, 0)], None, "q")]]
 
@@ -397,13 +527,15 @@ EXERCISES = [
     Exercise(
         name="symmetric_corruption", title="symmetric_corruption", reference=ref.symmetric_corruption, run=run_corruption,
         kind="function",
-        cases=[dict(seed=411, batch=4, pos=9, describe="4 prompts of 9 tokens, S twice, IO once"),
-               dict(seed=412, batch=6, pos=14, describe="6 prompts of 14 tokens, S twice, IO once")],
-        hidden_cases=[dict(seed=0, batch=5, pos=17)],
+        cases=[dict(seed=411, batch=4, pos=9, s2_back=3, describe="4 prompts of 9 tokens, S twice (S2 at position 6), IO once"),
+               dict(seed=412, batch=6, pos=14, s2_back=6, describe="6 prompts of 14 tokens, S twice (S2 at position 8), IO once")],
+        hidden_cases=[dict(seed=0, batch=5, pos=17, s2_back=4)],
         mistakes=[
             Mistake("every S replaced", "replace only the *second* mention of S; changing both removes the repeated name altogether.", corrupt_every_s),
             Mistake("first S replaced", "you replaced the first mention of S (S1); the symmetric corruption replaces the second one (S2).", corrupt_first_s),
             Mistake("names swapped everywhere", "change exactly one token (S2 -> IO); swapping every IO and S changes three positions.", corrupt_swap_names),
+            Mistake("fixed position", "you wrote IO at a fixed position (-3, where S2 sits in the chapter's template); find S2 in each prompt "
+                    "instead: the last position where tokens == s[:, None].", corrupt_fixed_position),
         ],
         stuck="is_s = tokens == s[:, None]; the last True in each row is S2 (e.g. torch.where(is_s, arange, -1).max(-1)); clone, then set it to io.",
     ),
@@ -416,17 +548,23 @@ EXERCISES = [
             Mistake("sign", "the metric is logit(IO) - logit(S): positive when the model prefers the right name.", ld_sign),
             Mistake("every position", "use the last position only (logits[:, -1]): that is where the model predicts the name.", ld_all_positions),
             Mistake("probabilities", "take the difference of logits, not of softmax probabilities.", ld_probs),
+            Mistake("every prompt's names", "logits[:, -1, io] picks every prompt's IO logit in every prompt ([batch, batch]); pair each "
+                    "prompt with its own names: rows = torch.arange(len(io)); logits[rows, -1, io] - logits[rows, -1, s].", ld_every_pair),
+            Mistake("averaged", "return one logit difference per prompt ([batch]); leave the .mean() to the metric that uses it (ld_metric).", ld_averaged),
         ],
         stuck="last = logits[:, -1]; last.gather(-1, io[:, None])[:, 0] - last.gather(-1, s[:, None])[:, 0].",
     ),
     Exercise(
         name="normalised_metric", title="normalised_metric", reference=ref.normalised_metric, run=run_normalised, kind="function",
         cases=[dict(seed=431, n=5, clean=3.2, corrupt=-2.9, describe="5 logit differences, clean 3.2, corrupted -2.9"),
-               dict(seed=432, n=9, clean=1.5, corrupt=0.4, describe="9 logit differences, clean 1.5, corrupted 0.4")],
+               dict(seed=432, n=9, clean=0.4, corrupt=1.5, describe="9 logit differences, clean 0.4 *below* corrupted 1.5")],
         hidden_cases=[dict(seed=0, n=13, clean=2.5, corrupt=-1.0)],
         mistakes=[
             Mistake("divided by the clean value", "subtract the corrupted baseline first: (ld - ld_corrupt) / (ld_clean - ld_corrupt).", norm_by_clean),
             Mistake("flipped", "the corrupted run should score 0 and the clean run 1, not the other way round.", norm_flipped),
+            Mistake("abs() in the denominator", "divide by ld_clean - ld_corrupt itself, without abs(): when the clean value is below the "
+                    "corrupted one, the clean run must still score 1.", norm_abs_denominator),
+            Mistake("divided by ld_clean", "the denominator is the distance between the baselines, ld_clean - ld_corrupt, not ld_clean.", norm_clean_denominator),
         ],
         stuck="(ld - ld_corrupt) / (ld_clean - ld_corrupt).",
     ),
@@ -446,6 +584,8 @@ EXERCISES = [
         mistakes=[
             Mistake("every position at once", "patch one position at a time: act[:, pos] only.", blocks_all_positions),
             Mistake("noising", "this is denoising: run the *corrupted* tokens and patch in the *clean* block outputs.", blocks_noising),
+            Mistake("MLPs left out", "the model has MLPs: patch hook_mlp_out too, as a second component (block_names(model) is ['attn_out', 'mlp_out']).", blocks_no_mlp),
+            Mistake("components swapped", "component 0 is the attention output (hook_attn_out), component 1 the MLP output (hook_mlp_out).", blocks_mlp_first),
         ],
         stuck="components: hook_attn_out, then hook_mlp_out unless model.cfg.attn_only; for each, each layer, each position: one run with one hook.",
     ),
@@ -465,6 +605,7 @@ EXERCISES = [
         mistakes=[
             Mistake("every position at once", "patch one position of one head: z[:, pos, head].", head_pos_all_positions),
             Mistake("noising", "this is denoising: run the *corrupted* tokens and patch in *clean* activations.", head_pos_noising),
+            Mistake("every head at once", "patch one head at a time: z[:, pos, head], not z[:, pos] (every head of the layer).", head_pos_every_head),
         ],
         stuck="three nested loops (layer, head, pos); the hook sets z[:, pos, head] = clean_cache[name][:, pos, head].",
     ),
@@ -474,6 +615,9 @@ EXERCISES = [
         mistakes=[
             Mistake("values patched", "patch the attention *pattern* (hook_pattern, [batch, head, q, k]), not the values.", pattern_values),
             Mistake("whole layer", "patch one head's pattern: pattern[:, head], not the whole layer's.", pattern_whole_layer),
+            Mistake("head axis", "hook_pattern is [batch, head, query, key]: the head is axis 1, pattern[:, head]; pattern[:, :, head] "
+                    "(z's head axis) patches one query position of every head.", pattern_head_axis),
+            Mistake("noising", "this is denoising: run the *corrupted* tokens and patch in the *clean* patterns.", pattern_noising),
         ],
         stuck="hook blocks.{layer}.attn.hook_pattern; its head axis is 1: pattern[:, head] = clean_cache[name][:, head].",
     ),
@@ -484,6 +628,10 @@ EXERCISES = [
             Mistake("other heads not frozen", "in the first run, every head that is not a sender must keep its *corrupted* output; otherwise the effect also reaches the receivers through other heads.", path_no_freeze),
             Mistake("receivers ignored", "you returned the metric of the first run; run the corrupted tokens again with only the receivers' inputs patched.", path_one_run),
             Mistake("receiver outputs patched", "patch the receivers' *input* (hook_q, hook_k or hook_v of that head), not their output z.", path_receiver_outputs),
+            Mistake("whole receiver layer", "in the second run patch only the receiver heads' inputs, act[:, :, head] = saved[:, :, head], "
+                    "not every head of the receiver's layer.", path_whole_receiver_layer),
+            Mistake("senders patched again", "the second run patches *only* the receivers' inputs: the senders' clean outputs must reach "
+                    "the logits through the receivers alone, so drop the sender hooks from that run.", path_senders_in_second_run),
         ],
         stuck="run 1: hook every hook_z: z = corrupt_z.clone(); z[:, :, sender] = clean_z[:, :, sender]; save the receivers' hook_{receiver_input}. Run 2: corrupted tokens, patch only those receiver inputs.",
     ),
@@ -494,6 +642,7 @@ EXERCISES = [
             Mistake("gradient at the clean run", "take the gradient at the *corrupted* run: we estimate what patching clean values *into the corrupted run* would do.", attr_at_clean),
             Mistake("no difference", "multiply the gradient by the *change* z_clean - z_corrupt, not by z_clean.", attr_no_difference),
             Mistake("sign", "the change is z_clean - z_corrupt (from the corrupted value towards the clean one).", attr_sign),
+            Mistake("abs()", "keep the sign of each head's estimate: a negative value says patching that head would *lower* the metric.", attr_abs),
         ],
         stuck="hook every hook_z on the corrupted run with z.retain_grad(); metric(logits).backward(); per head: ((clean_z - z) * z.grad).sum over batch, pos and d_head.",
     ),
@@ -506,6 +655,9 @@ EXERCISES = [
             Mistake("zero-ablation", "mean-ablate: replace each other head's output with its mean over the *reference* batch, not with zeros.", faith_zero),
             Mistake("circuit ablated", "keep the circuit's heads and ablate every *other* head.", faith_inverted),
             Mistake("mean over positions", "average over the batch only, keeping one mean per position ([pos, head, d_head]).", faith_position_mean),
+            Mistake("means of the prompts", "take the means over the `reference` batch (ABC prompts), not over the prompts you evaluate: "
+                    "their means still carry which name is repeated.", faith_clean_means),
+            Mistake("not divided", "return a fraction: the ablated mean logit difference divided by the full model's.", faith_not_divided),
         ],
         stuck="means = reference z cache .mean(0) per layer; hook every hook_z: torch.where(head in circuit, z, mean); divide the ablated mean logit difference by the full model's.",
     ),
