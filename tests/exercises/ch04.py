@@ -550,7 +550,7 @@ EXERCISES = [
             Mistake("probabilities", "take the difference of logits, not of softmax probabilities.", ld_probs),
             Mistake("every prompt's names", "logits[:, -1, io] picks every prompt's IO logit in every prompt ([batch, batch]); pair each "
                     "prompt with its own names: rows = torch.arange(len(io)); logits[rows, -1, io] - logits[rows, -1, s].", ld_every_pair),
-            Mistake("averaged", "return one logit difference per prompt ([batch]); leave the .mean() to the metric that uses it (ld_metric).", ld_averaged),
+            Mistake("averaged", "return one logit difference per prompt ([batch]); the metric that uses it takes the .mean() (as ioi_metric does).", ld_averaged),
         ],
         stuck="last = logits[:, -1]; last.gather(-1, io[:, None])[:, 0] - last.gather(-1, s[:, None])[:, 0].",
     ),
@@ -584,7 +584,7 @@ EXERCISES = [
         mistakes=[
             Mistake("every position at once", "patch one position at a time: act[:, pos] only.", blocks_all_positions),
             Mistake("noising", "this is denoising: run the *corrupted* tokens and patch in the *clean* block outputs.", blocks_noising),
-            Mistake("MLPs left out", "the model has MLPs: patch hook_mlp_out too, as a second component (block_names(model) is ['attn_out', 'mlp_out']).", blocks_no_mlp),
+            Mistake("MLPs left out", "when model.cfg.attn_only is False, patch hook_mlp_out too, as component 1 (after hook_attn_out): [2, n_layers, pos].", blocks_no_mlp),
             Mistake("components swapped", "component 0 is the attention output (hook_attn_out), component 1 the MLP output (hook_mlp_out).", blocks_mlp_first),
         ],
         stuck="components: hook_attn_out, then hook_mlp_out unless model.cfg.attn_only; for each, each layer, each position: one run with one hook.",
