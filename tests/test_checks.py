@@ -57,7 +57,7 @@ def test_learner_exception_shows_learner_frames_only():
     msg = failure("layernorm", Broken)
     assert "your code raised RuntimeError" in msg
     assert "in helper" in msg and "in forward" in msg, msg
-    assert "core.py" not in msg and "tests/exercises" not in msg, msg
+    assert "core.py" not in msg and "tests/exercises" not in msg and "module.py" not in msg, msg
 
 
 def test_wrong_shape_is_named():

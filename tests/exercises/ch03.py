@@ -11,7 +11,7 @@ from torch import Tensor
 
 from utils import toy_models as ref
 from utils.checks import Exercise, LearnerError, Mistake
-from utils.checks.core import _matching_mistake, describe_difference, fail
+from utils.checks.core import consistent_mistake, describe_difference, fail
 from utils.toy_models import ToyConfig
 
 CFG_A = ToyConfig(n_instances=3, n_features=5, n_hidden=2)
@@ -48,6 +48,7 @@ def _presence_correlation(batch: Tensor) -> float:
 
 
 def judge_generate_batch(exercise, outputs, references, mistakes):
+    problems = []
     for i, (case, got, want) in enumerate(zip(exercise.cases, outputs, references)):
         batch, p = got.get("batch"), want["p"]
         expected_shape = tuple(want["batch"].shape)
@@ -84,8 +85,11 @@ def judge_generate_batch(exercise, outputs, references, mistakes):
                                f"yours have mean {nonzero.mean():.2f}, std {nonzero.std():.2f}")
                 elif _presence_correlation(batch) > 0.3:
                     problem = "features are present or absent together; each feature must be drawn independently"
-        if problem:
-            fail(exercise, case, problem, _matching_mistake(exercise, got, want, {}, i))
+        problems.append(problem)
+    failing = [i for i, problem in enumerate(problems) if problem]
+    if failing:
+        i = failing[0]
+        fail(exercise, exercise.cases[i], problems[i], consistent_mistake(exercise, outputs, references, {}, failing))
 
 
 def gb_no_mask(n_batch, feature_probability, n_features):
@@ -110,6 +114,18 @@ def gb_shared_mask(n_batch, feature_probability, n_features):
 def gb_one_mask_for_batch(n_batch, feature_probability, n_features):
     x = torch.rand(n_batch, feature_probability.shape[0], n_features)
     return x * (torch.rand(1, feature_probability.shape[0], n_features) < feature_probability[:, None])
+
+
+def gb_first_probability(n_batch, feature_probability, n_features):
+    x = torch.rand(n_batch, feature_probability.shape[0], n_features)
+    return x * (torch.rand_like(x) < feature_probability[0])
+
+
+def _one_probability_for_all(batch, p) -> bool:
+    """Every instance has the density of one and the same entry of ``p`` (which varies)."""
+    if not isinstance(batch, Tensor) or batch.ndim != 3 or batch.shape[1] != p.shape[0] or bool((p == p[0]).all()):
+        return False
+    return any(_density_near(batch, torch.full_like(p, float(q))) for q in p.tolist())
 
 
 def _same_mask_every_sample(batch, p) -> bool:
@@ -408,6 +424,10 @@ EXERCISES = [
         mistakes=[
             Mistake("no sparsity", "every feature is always present: multiply the values by a mask `torch.rand(...) < feature_probability`.", gb_no_mask,
                     detect=lambda got, want: _density_near(got["batch"], torch.ones_like(want["p"])) and not bool((want["p"] == 1).all())),
+            Mistake("one probability for every instance", "every instance has the same density, that of a single entry of "
+                    "feature_probability (feature_probability[0]?): compare with feature_probability[:, None], one probability "
+                    "per instance, broadcast over the features.", gb_first_probability,
+                    detect=lambda got, want: _one_probability_for_all(got["batch"], want["p"])),
             Mistake("inverted probability", "features are present with probability 1 - p: a feature is present when rand < p.", gb_inverted,
                     detect=lambda got, want: _density_near(got["batch"], 1 - want["p"])),
             Mistake("Gaussian values", "torch.randn gives negative values; feature values come from U[0, 1]: torch.rand.", gb_gaussian,
@@ -455,7 +475,8 @@ EXERCISES = [
                dict(seed=98, cfg=CFG_B, p=0.7, decay=0.7, describe="3 AdamW steps (lr 1e-2) on a ToyModel with 2 instances, 8 features, 3 hidden, importance 0.7^i")],
         mistakes=[
             Mistake("no zero_grad", "gradients accumulate across steps: call optimizer.zero_grad() before loss.backward().", step_no_zero_grad),
-            Mistake("no optimizer.step()", "the weights never change: call optimizer.step() after loss.backward().", step_no_step),
+            Mistake("no optimizer.step()", "the weights never change: optimizer.step() is missing, or zero_grad() clears the gradients "
+                    "between loss.backward() and optimizer.step(). The order is zero_grad(), backward(), step().", step_no_step),
             Mistake("plain MSE", "you trained on an unweighted mean squared error (F.mse_loss); use importance_weighted_loss(model(x), x, importance).", step_plain_mse),
         ],
         stuck="loss = importance_weighted_loss(model(x), x, importance); zero_grad; backward; step; return loss.item().",

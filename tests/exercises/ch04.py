@@ -32,10 +32,12 @@ def _prompts(ctx, batch, pos, s2_back=3):
     perm = torch.stack([torch.randperm(N_NAMES, generator=ctx.gen)[:2] for _ in range(batch)])
     io, s = perm[:, 0], perm[:, 1]
     s2 = pos - s2_back
-    first = torch.randperm(s2 - 1, generator=ctx.gen)[:2] + 1  # two distinct early positions
+    # two distinct early positions, drawn for each prompt: code that assumes the names sit at the
+    # same place in every prompt (or mirrors an index) fails
+    first = torch.stack([torch.randperm(s2 - 1, generator=ctx.gen)[:2] + 1 for _ in range(batch)])
     rows = torch.arange(batch)
-    tokens[rows, first[0]] = io
-    tokens[rows, first[1]] = s
+    tokens[rows, first[:, 0]] = io
+    tokens[rows, first[:, 1]] = s
     tokens[rows, s2] = s
     corrupt = tokens.clone()
     corrupt[:, s2] = io

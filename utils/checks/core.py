@@ -125,7 +125,9 @@ def _is_checker_frame(filename: str) -> bool:
 def learner_traceback(exc: BaseException) -> str:
     """Format an exception keeping only the learner's frames (and what they called)."""
     tb = exc.__traceback__
-    while tb is not None and _is_checker_frame(tb.tb_frame.f_code.co_filename):
+    # the checker's frames, then torch's module-call plumbing (Module.__call__) before your forward
+    while tb is not None and (_is_checker_frame(tb.tb_frame.f_code.co_filename)
+                              or tb.tb_frame.f_code.co_filename.replace("\\", "/").endswith("torch/nn/modules/module.py")):
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
 
@@ -794,7 +796,8 @@ def _diagnose_tensor(got: Tensor, want: Tensor, atol: float, rtol: float) -> str
                     "removes (is the mask missing, or applied to the wrong entries?)")
         if not wrong[..., upper].any() and wrong[..., ~upper].any():
             return ("your output agrees above the diagonal (where a causal mask acts) and differs on and below it: the "
-                    "masked part is right, the part that is kept is not")
+                    "masked part is right, the part that is kept is not (return the scores themselves with the mask applied, "
+                    "not the mask or changed scores)")
     for axis in range(want.ndim):
         n = want.shape[axis]
         if n < 3:
@@ -843,17 +846,25 @@ def judge_close(exercise: Exercise, outputs: list[dict], references: list[dict],
         problem = describe_difference("your output", got, want, exercise.atol, exercise.rtol)
         if problem is None:
             continue
-        # A mistake is named only if it explains every failing case: one case alone (a single
-        # number, say) can match a mistake by coincidence and tell the wrong story.
-        hint = next((m for m in exercise.mistakes
-                     if all(_matching_mistake(replace(exercise, mistakes=[m]), outputs[j], references[j], mistakes, j)
-                            for j in failing)), None)
+        hint = consistent_mistake(exercise, outputs, references, mistakes, failing)
         diagnosis = None
         if hint is None:
             pairs = list(zip(outputs, references))
             pairs.insert(0, pairs.pop(i))  # this case's story first
             diagnosis = diagnose_cases(pairs, exercise.atol, exercise.rtol)
         fail(exercise, case, problem, hint, diagnosis=diagnosis)
+
+
+def consistent_mistake(exercise: Exercise, outputs: list, references: list, mistakes: dict[str, list[dict]],
+                       failing: list[int]) -> Mistake | None:
+    """The first catalogued mistake that explains *every* failing case (``failing``: their
+    indices). One case alone (a single number, say) can match a mistake by coincidence, and
+    then the hint would tell the wrong story."""
+    for m in exercise.mistakes:
+        one = replace(exercise, mistakes=[m])
+        if failing and all(_matching_mistake(one, outputs[j], references[j], mistakes, j) for j in failing):
+            return m
+    return None
 
 
 def _matching_mistake(exercise, got, want, mistakes, case_index) -> Mistake | None:
