@@ -105,6 +105,8 @@ def test_diagnosers_name_the_kind_of_difference_on_tensors():
         "wrong only above it": torch.where(torch.ones(6, 6, dtype=torch.bool).triu(1), want + 1, want),
         "except at index 0 of axis 1": torch.cat([want[:, :1] * 0 + 5, want[:, 1:]], dim=1),
         "within 0.": want * (1 + 0.001 * torch.randn(want.shape, generator=gen)),
+        "does not change along axis 0": want[:1].expand(2, 6, 6).clone(),
+        "same value (1.5)": torch.full_like(want, 1.5),
     }
     for words, got in cases.items():
         story = diagnose(got, want, 1e-5, 1e-5)
@@ -115,6 +117,9 @@ def test_diagnosers_name_the_kind_of_difference_on_tensors():
     assert "exactly times 48" in diagnose(48 * 0.7, 0.7, 1e-5, 1e-5)
     assert diagnose({"loss": 1.0, "out": want * 2}, {"loss": 1.0, "out": want}, 1e-5, 1e-5).startswith("your output is exactly times 2")
     assert diagnose(float("nan"), 1.0, 1e-5, 1e-5) is None  # NaN is said by the verdict itself
+    codes = torch.tensor([0, 2, 1, -1, 2])
+    assert "expected one + 1" in diagnose(codes + 1, codes, 0, 0)
+    assert diagnose(codes.flip(0), codes, 0, 0) is None
 
 
 def test_masked_scores_that_are_not_minus_inf_are_named():

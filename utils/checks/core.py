@@ -688,7 +688,16 @@ def diagnose(got: Any, want: Any, atol: float, rtol: float) -> str | None:
         return None
     if not (isinstance(want, Tensor) and isinstance(got, Tensor)) or got.shape != want.shape:
         return None
-    if not (want.is_floating_point() and got.is_floating_point()) or want.numel() == 0:
+    if want.numel() == 0:
+        return None
+    if not want.is_floating_point() and not got.is_floating_point() and not want.dtype == torch.bool:
+        delta = got.long() - want.long()
+        if want.numel() >= 3 and bool((delta == delta.flatten()[0]).all()) and int(delta.flatten()[0]) != 0:
+            k = int(delta.flatten()[0])
+            return (f"every entry of yours is the expected one {'+' if k > 0 else '-'} {abs(k)}: an offset or an off-by-one "
+                    "in an index, a code or a count?")
+        return None
+    if not (want.is_floating_point() and got.is_floating_point()):
         return None
     try:
         return _diagnose_tensor(got.double(), want.double(), atol, rtol)
@@ -781,6 +790,21 @@ def _diagnose_tensor(got: Tensor, want: Tensor, atol: float, rtol: float) -> str
                 later = "later" if k > 0 else "earlier"
                 return (f"your output is the expected one shifted by {abs(k)} along axis {axis}: entry i of yours is "
                         f"entry i {'-' if k > 0 else '+'} {abs(k)} of the expected (an off-by-one, {later} than it should be, in an index, slice or shift?)")
+    # the same value everywhere, or along one axis, where the reference varies
+    flat = got.flatten()
+    if same(got, flat[:1].expand_as(flat).reshape(got.shape)) and not same(want, want.flatten()[:1].expand_as(want.flatten()).reshape(want.shape)):
+        return (f"every entry of your output is the same value ({float(flat[0]):.4g}), where the expected ones differ: what "
+                "should make them differ has no effect in your code (an input ignored, a patch or hook that changes "
+                "nothing, one value computed and repeated?)")
+    for axis in range(want.ndim):
+        if want.shape[axis] < 2:
+            continue
+        first_g, first_w = got.narrow(axis, 0, 1), want.narrow(axis, 0, 1)
+        if same(got, first_g.expand_as(got)) and not same(want, first_w.expand_as(want)):
+            right = " It is right for index 0 there." if same(first_g, first_w) else ""
+            return (f"your output does not change along axis {axis}, where the expected one does: what differs along that "
+                    f"axis is ignored (an input not used, the first item computed and repeated, or a loop variable that "
+                    f"is never used?){right}")
     # the right values in another order along one axis
     for axis in range(want.ndim):
         if want.shape[axis] > 1 and same(got.sort(dim=axis).values, want.sort(dim=axis).values):
