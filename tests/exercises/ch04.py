@@ -572,7 +572,7 @@ EXERCISES = [
     ),
     Exercise(
         name="patch_residual", title="patch_residual", reference=ref.patch_residual, run=run_patch, kind="function",
-        uses="ioi_logit_diff", cases=_SMALL, hidden_cases=_SMALL_HIDDEN,
+        cases=_SMALL, hidden_cases=_SMALL_HIDDEN,
         mistakes=[
             Mistake("every position at once", "patch one position at a time: resid[:, pos] only, not the whole residual stream.", resid_all_positions),
             Mistake("noising", "this is denoising: run the *corrupted* tokens and patch in activations cached from the *clean* run.", resid_noising),
