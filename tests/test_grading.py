@@ -77,9 +77,12 @@ def test_demonstrations_train_briefly_only_while_grading(monkeypatch, capsys):
     assert demo_steps(1000, "training your transformer") == 20
     assert "training your transformer trains for 20 of its 1000 steps" in capsys.readouterr().out
     assert demo_steps(5, "x") == 5
-    monkeypatch.setenv("COURSE_GRADING_DEMO_STEPS", "0")
+    monkeypatch.setenv("COURSE_DEMO_STEPS", "0")
     assert demo_steps(1000, "x") == 1000
-    monkeypatch.setenv("COURSE_GRADING_DEMO_STEPS", "3")
+    monkeypatch.delenv(ENV)
+    monkeypatch.setenv("COURSE_DEMO_STEPS", "7")  # a dry run outside grading
+    assert demo_steps(1000, "x") == 7 and "COURSE_DEMO_STEPS=7: x trains for 7" in capsys.readouterr().out
+    monkeypatch.setenv("COURSE_DEMO_STEPS", "3")
     model = torch.nn.Linear(4, 4)
     log = train(model, torch.zeros(8, 4, dtype=torch.long), steps=50, batch_size=2, progress=False,
                 step_fn=lambda m, opt, batch: (opt.step(), 0.0)[1])

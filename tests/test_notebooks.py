@@ -22,20 +22,25 @@ SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
 pytestmark = pytest.mark.slow
 
 
-def execute(path: Path, tmp_path: Path) -> tuple[nbformat.NotebookNode, Exception | None]:
-    """Run a copy of the notebook in a fresh kernel (the original is never written)."""
+def execute(path: Path, tmp_path: Path, env: dict[str, str] | None = None) -> tuple[nbformat.NotebookNode, Exception | None]:
+    """Run a copy of the notebook in a fresh kernel (the original is never written); ``env``:
+    extra environment variables for the kernel."""
     work = tmp_path / path.parent.name
     work.mkdir(parents=True, exist_ok=True)
     copy = work / path.name
     shutil.copy(path, copy)
     nb = nbformat.read(copy, as_version=4)
-    env_threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    os.environ.update(env_threads)
+    extra = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})}
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)  # the kernel inherits this process's environment
     client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(work)}})
     try:
         client.execute()
     except CellExecutionError as e:
         return nb, e
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     return nb, None
 
 
@@ -70,7 +75,9 @@ def test_solution_notebook_passes_every_check(path, tmp_path):
 def test_chapter_notebook_stops_at_first_exercise(path, tmp_path):
     chapter = ROOT / "chapters" / path.name
     assert chapter.exists(), f"{chapter} is missing: run ./course build"
-    nb, error = execute(chapter, tmp_path)
+    # Demonstrations before the first exercise (chapter 2 trains two models) run a few steps
+    # only: this test is about where the learner's copy stops, the solutions run them whole.
+    nb, error = execute(chapter, tmp_path, env={"COURSE_DEMO_STEPS": "20"})
     assert error is not None, "the learner's notebook ran to the end with no exercise done"
     failed = next(c for c in nb.cells if c.cell_type == "code" and any(o.output_type == "error" for o in c.get("outputs", [])))
     first_check = check_cells(nb)[0]

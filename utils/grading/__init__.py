@@ -60,19 +60,29 @@ DEMO_STEPS = 20  # training steps a demonstration runs while a notebook is being
 
 
 def demo_steps(steps: int, what: str) -> int:
-    """How many of ``steps`` training steps a demonstration runs: all of them, except while
-    autograding, where no grade depends on a demonstration's result (every check runs the
-    student's code on its own inputs). There it runs ``COURSE_GRADING_DEMO_STEPS`` steps
-    (default 20), so a chapter grades in seconds rather than minutes; ``COURSE_GRADING_DEMO_STEPS=0``
-    keeps every step. The notebook says so where it happens."""
-    if not active():
+    """How many of ``steps`` training steps a demonstration runs.
+
+    All of them, except:
+
+    * while autograding, where no grade depends on a demonstration's result (every check runs
+      the student's code on its own inputs): 20 steps, so a chapter grades in seconds rather
+      than minutes;
+    * when ``COURSE_DEMO_STEPS=N`` is set (for a quick dry run of a notebook, as the tests do
+      for the learner's copy): N steps. ``COURSE_DEMO_STEPS=0`` keeps every step, even when
+      grading.
+
+    The notebook says so where it happens."""
+    raw = os.environ.get("COURSE_DEMO_STEPS")
+    if raw is None and not active():
         return steps
     try:
-        cap = int(os.environ.get("COURSE_GRADING_DEMO_STEPS", DEMO_STEPS))
+        cap = int(raw) if raw is not None else DEMO_STEPS
     except ValueError:
         cap = DEMO_STEPS
     if cap <= 0 or steps <= cap:
         return steps
-    print(f"(autograding: {what} trains for {cap} of its {steps} steps; no grade depends on it, "
-          "so the results below are those of an untrained model)")
+    why = "autograding" if raw is None else f"COURSE_DEMO_STEPS={cap}"
+    print(f"({why}: {what} trains for {cap} of its {steps} steps; "
+          + ("no grade depends on it, so " if raw is None else "")
+          + "the results below are those of an untrained model)")
     return cap
