@@ -277,10 +277,21 @@ def run_on_W(impl, ctx):
     W = ctx.randn(c["inst"], c["hid"], c["feat"]) * c.get("scale", 1.0)
     if c.get("sparse_rows"):
         W = W * (ctx.randn(c["inst"], 1, c["feat"]) > 0)  # some features unrepresented
+    if c.get("peaked"):  # each neuron has one strong feature of varying strength: shares near the purity line
+        top = torch.stack([torch.randperm(c["feat"], generator=ctx.gen)[:1] for _ in range(c["inst"] * c["hid"])])
+        bump = torch.zeros(c["inst"] * c["hid"], c["feat"]).scatter_(1, top, 1.0 + 3 * torch.rand(c["inst"] * c["hid"], 1, generator=ctx.gen))
+        W = 0.4 * W + bump.reshape(c["inst"], c["hid"], c["feat"])
     if c.get("dead_neurons"):
         W = W * (ctx.randn(c["inst"], c["hid"], 1) > -0.5)  # some neurons (rows) with no weights at all
     value = ctx.call(impl, W, *c.get("args", ()))
     return {"value": value}
+
+
+def poly_abs_share(W, purity=0.9, alive=0.1):
+    positive = F.relu(W)
+    share = positive.max(-1).values / positive.sum(-1).clamp_min(1e-12)
+    live = positive.pow(2).sum(-1).sqrt() > alive
+    return ((share < purity) & live).sum(-1).float() / live.sum(-1).clamp_min(1).float()
 
 
 def norms_wrong_axis(W):
@@ -548,13 +559,16 @@ EXERCISES = [
     ),
     Exercise(
         name="polysemantic_fraction", title="polysemantic_fraction", reference=ref.polysemantic_fraction, run=run_on_W, kind="function",
-        cases=[dict(seed=103, inst=4, hid=5, feat=10, args=(0.9, 0.1), describe="W of shape (4, 5, 10) [instances, neurons, features], purity 0.9, alive 0.1"),
+        cases=[dict(seed=103, inst=4, hid=5, feat=10, args=(0.9, 0.1), peaked=True,
+                    describe="W of shape (4, 5, 10) [instances, neurons, features], one strong feature per neuron, purity 0.9, alive 0.1"),
                dict(seed=104, inst=3, hid=6, feat=6, sparse_rows=True, dead_neurons=True, args=(0.7, 0.3),
                     describe="W of shape (3, 6, 6), some features zeroed, some neurons dead, purity 0.7, alive 0.3")],
         mistakes=[
             Mistake("negative weights counted", "behind a ReLU a negative weight only silences a neuron: measure purity on the positive weights (F.relu(W) ** 2).", poly_signed),
             Mistake("features, not neurons", "the question is per *neuron* (a row W[:, j, :]): how many features does it respond to?", poly_over_features),
             Mistake("arguments ignored", "you used purity 0.9 and alive 0.1 whatever the arguments: use the `purity` and `alive` passed in.", poly_defaults),
+            Mistake("share of the weight, not of its square", "purity is the top feature's share of the neuron's *squared* positive "
+                    "weight: energy = F.relu(W) ** 2, then max / sum over features (you took shares of F.relu(W) itself).", poly_abs_share),
             Mistake("dead neurons counted", "divide by the number of *live* neurons (positive-weight norm > alive), not by every neuron.", poly_dead_counted),
         ],
         stuck="energy = relu(W)**2; per neuron: top share = max over features / sum over features; polysemantic if share < purity among live neurons.",
