@@ -276,3 +276,53 @@ def test_failure_renders_as_verdict_in_ipython():
     err = CheckFailed("✗ x: something")
     assert err._render_traceback_() == ["✗ x: something"]
     assert isinstance(err, AssertionError)  # nbgrader and pytest treat it as a failed test
+
+
+def _counting_exercise(name="counting"):
+    """A small function exercise whose reference and mistakes count their calls."""
+    from utils.checks.core import Exercise, Mistake
+
+    calls = {"reference": 0, "double": 0, "negate": 0}
+
+    def counted(label, fn):
+        def impl(x):
+            calls[label] += 1
+            return fn(x)
+        return impl
+
+    def run(impl, ctx):
+        return {"out": impl(ctx.randn(3, 4))}
+
+    ex = Exercise(name=name, title="f", reference=counted("reference", lambda x: x.exp()), run=run, kind="function",
+                  cases=[dict(seed=1), dict(seed=2)],
+                  mistakes=[Mistake("double", "hint d", counted("double", lambda x: 2 * x.exp())),
+                            Mistake("negate", "hint n", counted("negate", lambda x: -x.exp()))])
+    return ex, calls
+
+
+def test_a_correct_answer_runs_no_mistake_and_a_second_check_reuses_the_reference():
+    from utils.checks.core import collect, judge
+
+    ex, calls = _counting_exercise("counting_correct")
+    judge(ex, collect(ex, lambda x: x.exp()))
+    assert calls == {"reference": 2, "double": 0, "negate": 0}  # one run per case, no mistake
+    judge(ex, collect(ex, lambda x: torch.exp(x)))
+    assert calls["reference"] == 2  # remembered per case
+    # a suite that keeps these cases and adds one runs the reference on the new case only
+    from dataclasses import replace
+    judge(replace(ex, cases=ex.cases + [dict(seed=3)]), collect(replace(ex, cases=ex.cases + [dict(seed=3)]), torch.exp))
+    assert calls["reference"] == 3
+
+
+def test_a_wrong_answer_runs_the_mistakes_only_as_far_as_needed_and_outputs_are_copies():
+    from utils.checks.core import CheckFailed, collect, judge, trusted_outputs
+
+    ex, calls = _counting_exercise("counting_wrong")
+    with pytest.raises(CheckFailed, match="hint d"):
+        judge(ex, collect(ex, lambda x: 2 * x.exp()))
+    assert calls["double"] == 2 and calls["negate"] == 0  # the first mistake matched
+    # what a judge gets is a copy: changing it does not change what the next check compares with
+    first = trusted_outputs(ex, ex.reference)
+    first[0]["out"].zero_()
+    assert trusted_outputs(ex, ex.reference)[0]["out"].abs().min() > 0
+    assert calls["reference"] == 2

@@ -191,7 +191,7 @@ def test_lab_opens_the_repository_root_on_chapter_1_without_teacher_tools(fake_v
     assert config == f"JUPYTER_CONFIG_PATH={ROOT}/utils/learner_lab"
 
 
-def test_the_full_suite_runs_its_files_on_parallel_workers_and_the_quick_one_does_not(fake_venv):
+def test_the_quick_suite_runs_on_a_worker_per_core_and_the_full_suite_in_one_process(fake_venv):
     venv, log = fake_venv
     env = dict(COURSE_VENV=str(venv), COURSE_PLATFORM="Darwin")
 
@@ -202,7 +202,12 @@ def test_the_full_suite_runs_its_files_on_parallel_workers_and_the_quick_one_doe
 
     assert pytest_call() == "python -m pytest"  # one process by default: the 2-worker run had a failure still to be explained
     assert pytest_call(COURSE_TEST_WORKERS="2") == "python -m pytest -n 2 --dist loadscope"
-    assert pytest_call("--quick") == "python -m pytest -m not slow"
+    cores = os.sysconf("SC_NPROCESSORS_ONLN")
+    quick_workers = " -n 2 --dist load" if cores >= 2 else ""
+    assert pytest_call("--quick") == "python -m pytest -m not slow" + quick_workers
+    assert pytest_call("--quick", COURSE_TEST_WORKERS="1") == "python -m pytest -m not slow"
+    assert pytest_call("--quick", COURSE_TEST_WORKERS="3") == "python -m pytest -m not slow -n 3 --dist load"
+    assert pytest_call("--quick", "-k", "layernorm") == "python -m pytest -m not slow -k layernorm"
     assert pytest_call(COURSE_TEST_WORKERS="3") == "python -m pytest -n 3 --dist loadscope"
     # a run of your own choosing (a file, -k, your own -n) stays as you asked
     assert pytest_call("tests/test_checks.py") == "python -m pytest tests/test_checks.py"

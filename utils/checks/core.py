@@ -17,6 +17,8 @@ code never reaches (for grades that cannot be faked).
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import inspect
 import math
 import random
@@ -26,7 +28,8 @@ import threading
 import time
 import traceback
 import types
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -489,6 +492,51 @@ def run_cases(exercise: Exercise, impl: Any, guarded: bool, watch: list | None =
     return outputs
 
 
+def trusted_outputs(exercise: Exercise, impl: Any) -> list[dict]:
+    """The outputs of trusted code (the reference or a catalogued mistake) on every case,
+    remembered per case: checking an exercise again (after a fix, or its hidden tests, which
+    keep every visible case) does not recompute them. Cases are seeded, so a case's outputs
+    are a function of the case; a case that cannot be used as a key is simply recomputed."""
+    outputs = []
+    for case in exercise.cases:
+        try:
+            key = (exercise.name, exercise.run, impl, _frozen(case))
+            hash(key)
+        except TypeError:
+            key = None
+        if key is not None and key in _TRUSTED:
+            _TRUSTED.move_to_end(key)
+            outputs.append(copy.deepcopy(_TRUSTED[key]))
+            continue
+        out = run_case(exercise, case, impl, guarded=False)
+        if key is not None:
+            try:
+                _TRUSTED[key] = copy.deepcopy(out)
+            except Exception:  # noqa: BLE001 (an output that cannot be copied is not remembered)
+                pass
+            while len(_TRUSTED) > _TRUSTED_MAX:
+                _TRUSTED.popitem(last=False)
+        outputs.append(out)
+    return outputs
+
+
+_TRUSTED: "OrderedDict[tuple, dict]" = OrderedDict()
+_TRUSTED_MAX = 512  # cases (each output is small: check inputs are small)
+
+
+def _frozen(x: Any) -> Any:
+    """A hashable stand-in for a case's value; TypeError for anything but plain data."""
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return (type(x).__name__, x)
+    if isinstance(x, (list, tuple)):
+        return (type(x).__name__, tuple(_frozen(v) for v in x))
+    if isinstance(x, dict):
+        return ("dict", tuple(sorted((str(k), _frozen(v)) for k, v in x.items())))
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return (type(x).__qualname__, tuple((f.name, _frozen(getattr(x, f.name))) for f in dataclasses.fields(x)))
+    raise TypeError(f"not plain data: {type(x).__name__}")
+
+
 def run_case(exercise: Exercise, case: dict, impl: Any, guarded: bool, watch: list | None = None,
              hits: list[str] | None = None, notes: list[str] | None = None) -> dict:
     ctx = RunContext(exercise, case, guarded, watch, hits, notes)
@@ -918,20 +966,48 @@ def fail(exercise: Exercise, case: dict, problem: str, hint: Mistake | None, dia
     raise CheckFailed("\n".join(lines))
 
 
+class _MistakeOutputs(Mapping):
+    """The catalogued mistakes' outputs on the exercise's cases, by mistake name, computed the
+    first time a judge asks for one. A correct answer never asks, so it costs one run of the
+    reference instead of one run of the reference and one of every mistake. A mistake that
+    crashes on these inputs is absent (it cannot be matched by output)."""
+
+    def __init__(self, exercise: Exercise):
+        self._exercise = exercise
+        self._impls = {m.name: m.impl for m in exercise.mistakes if m.impl is not None}
+        self._outputs: dict[str, list[dict] | None] = {}
+
+    def _get(self, name: str) -> list[dict] | None:
+        if name not in self._outputs:
+            try:
+                self._outputs[name] = trusted_outputs(self._exercise, self._impls[name])
+            except Exception:  # noqa: BLE001
+                self._outputs[name] = None
+        return self._outputs[name]
+
+    def __getitem__(self, name: str) -> list[dict]:
+        if name not in self._impls or self._get(name) is None:
+            raise KeyError(name)
+        return self._outputs[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._impls and self._get(name) is not None
+
+    def __iter__(self):
+        return (name for name in self._impls if self._get(name) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 def judge(exercise: Exercise, outputs: list[dict]) -> list[str]:
     """Step 2: compare outputs with the reference (and the known mistakes). Raises CheckFailed;
     on success returns one-line notes (float64 outputs).
 
     Runs only trusted code (the reference and the catalogued mistakes), never the learner's.
     """
-    references = run_cases(exercise, exercise.reference, guarded=False)
-    mistakes = {}
-    for m in exercise.mistakes:
-        if m.impl is not None:
-            try:
-                mistakes[m.name] = run_cases(exercise, m.impl, guarded=False)
-            except Exception:  # a mistake that crashes on these inputs cannot be matched by output
-                pass
+    references = trusted_outputs(exercise, exercise.reference)
+    mistakes = _MistakeOutputs(exercise)
     try:
         (exercise.judge or judge_close)(exercise, outputs, references, mistakes)
     except CheckFailed:
