@@ -582,13 +582,19 @@ def kv_returns_new_only(attn, x_new, past_k, past_v):
 
 
 def _judge_kv(exercise, outputs, references, mistakes):
-    from utils.checks.core import describe_difference, fail, _matching_mistake
+    from utils.checks.core import consistent_mistake, describe_difference, fail
 
-    for i, (case, got, want) in enumerate(zip(exercise.cases, outputs, references)):
-        problem = describe_difference("your cached output", got["out"], want["full"], exercise.atol, exercise.rtol)
-        if problem:
-            fail(exercise, case, problem + " (compared with running the whole sequence at once)",
-                 _matching_mistake(exercise, {"out": got["out"]}, None, {k: [{"out": o["out"]} for o in v] for k, v in mistakes.items()}, i))
+    problems = [describe_difference("your cached output", got["out"], want["full"], exercise.atol, exercise.rtol)
+                for got, want in zip(outputs, references)]
+    failing = [i for i, p in enumerate(problems) if p]
+    if not failing:
+        return
+    i = failing[0]
+    # A mistake is named only if it explains every failing case (one case can match by chance).
+    # Mistakes' outputs are computed only here, when the answer fails.
+    hint = consistent_mistake(exercise, [{"out": o["out"]} for o in outputs], [None] * len(outputs),
+                              {k: [{"out": o["out"]} for o in v] for k, v in mistakes.items()}, failing)
+    fail(exercise, exercise.cases[i], problems[i] + " (compared with running the whole sequence at once)", hint)
 
 
 # ---------------------------------------------------------------------------------------------
