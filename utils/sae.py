@@ -1,0 +1,605 @@
+"""Sparse autoencoders (SAEs): dictionary learning on activations, scored against ground truth.
+
+An SAE rewrites an activation vector x (``d_in`` numbers) as a sparse, non-negative
+combination of ``d_sae`` learned directions (the decoder's rows, the "dictionary"):
+
+    f     = activation((x - b_dec) @ W_enc + b_enc)     latents: [.., d_sae], mostly zero
+    x_hat = f @ W_dec + b_dec                           reconstruction: [.., d_in]
+
+If x really is a sparse sum of feature directions in superposition (chapter 3), a well-trained
+SAE finds those directions. Here we can *check*: the synthetic data below and the course
+language's annotations say which features are really there.
+
+One family, five sparsity mechanisms (``SAEConfig.architecture``):
+
+* ``"relu"``: ReLU latents with an L1 penalty (Towards Monosemanticity, Bricken et al. 2023).
+  The L1 penalty also shrinks every active latent: the reconstruction comes out too small.
+* ``"topk"``: keep each input's k largest pre-activations (Gao et al. 2024); L0 = k exactly,
+  no penalty, no shrinkage. AuxK revives latents that have stopped firing.
+* ``"batchtopk"``: keep the batch's k * batch largest (Bussmann et al. 2024): L0 = k on
+  average, so easy inputs use fewer latents; at inference a threshold replaces the batch.
+* ``"jumprelu"``: f = z if z > threshold else 0, a learned threshold per latent, trained with
+  a straight-through estimator and an L0 penalty (Rajamanoharan et al. 2024b).
+* ``"gated"``: a gate decides *which* latents fire, a separate magnitude path *how much*
+  (Rajamanoharan et al. 2024a); the L1 penalty sits on the gate only.
+
+Decoder rows are kept at unit norm (after every optimiser step), so a latent's activation is
+the size of its feature and the L1 penalty cannot be dodged by shrinking f and growing W_dec.
+
+Saved SAEs use SAELens's on-disk layout (a folder with ``cfg.json`` and
+``sae_weights.safetensors``, parameters ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``,
+``b_enc``, ``b_dec``, ``threshold``), so they open in SAELens too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
+
+
+# ---- Synthetic superposed data with known features ------------------------------------------
+@dataclass(frozen=True)
+class FeatureDataConfig:
+    """``n_features`` sparse features in ``d`` dimensions. Feature i is present with
+    probability ``l0 / n_features`` (so about ``l0`` are active per sample), with a magnitude
+    drawn from U[min_magnitude, 1]; the sample is the sum of the active features' directions
+    times their magnitudes."""
+
+    n_features: int = 128
+    d: int = 32
+    l0: float = 4.0
+    min_magnitude: float = 0.25
+    seed: int = 0
+
+
+class SyntheticFeatures:
+    """Known feature directions (random unit vectors) and a seeded sampler of their sparse sums.
+
+    >>> data = SyntheticFeatures(FeatureDataConfig())
+    >>> x, f = data.sample(1024)      # x: [1024, 32] activations, f: [1024, 128] true features
+    >>> data.directions.shape         # [128, 32], unit rows: what an SAE should recover
+    """
+
+    def __init__(self, cfg: FeatureDataConfig = FeatureDataConfig()):
+        self.cfg = cfg
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        d = torch.randn(cfg.n_features, cfg.d, generator=self.gen)
+        self.directions = d / d.norm(dim=-1, keepdim=True)
+
+    def sample(self, n: int) -> tuple[Tensor, Tensor]:
+        """(x [n, d], true feature magnitudes [n, n_features])."""
+        c = self.cfg
+        present = torch.rand(n, c.n_features, generator=self.gen) < c.l0 / c.n_features
+        magnitude = c.min_magnitude + (1 - c.min_magnitude) * torch.rand(n, c.n_features, generator=self.gen)
+        f = present * magnitude
+        return f @ self.directions, f
+
+
+# ---- The SAE family ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SAEConfig:
+    d_in: int
+    d_sae: int
+    architecture: str = "relu"
+    k: int = 4  # topk, batchtopk: active latents per input
+    sparsity_coefficient: float = 1.0  # relu, gated: L1 coefficient; jumprelu: L0 coefficient
+    jumprelu_bandwidth: float = 0.05  # width of the rectangle kernel in the threshold's gradient
+    jumprelu_init_threshold: float = 0.1
+    aux_k: int = 0  # topk, batchtopk: AuxK's k (0: no AuxK); Gao et al. use d_in // 2
+    aux_coefficient: float = 1 / 32
+    dead_after: int = 200  # steps without firing after which a latent counts as dead (AuxK)
+    hook_name: str = ""  # where the activations come from (models), "" for synthetic data
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+
+
+class SAE(nn.Module):
+    """The shared parts: parameters, decoding, the reconstruction loss and bookkeeping.
+    Subclasses define ``encode`` (and their sparsity penalty)."""
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        gen = torch.Generator().manual_seed(cfg.seed)
+        # Encoder initialised as the decoder's transpose (Gao et al. 2024): at the start every
+        # latent reads the direction it writes, which avoids many dead latents.
+        W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=gen)
+        W_dec = W_dec / W_dec.norm(dim=-1, keepdim=True)
+        self.W_dec = nn.Parameter(W_dec)
+        self.W_enc = nn.Parameter(W_dec.T.clone())
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        # steps since each latent last fired (for AuxK and the dead-latent count while training)
+        self.register_buffer("steps_since_fired", torch.zeros(cfg.d_sae, dtype=torch.long), persistent=False)
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        # Subtract b_dec first: b_dec is the data's "centre", so the encoder sees the offset
+        # from it, and decode() adds it back.
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def encode(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def decode(self, f: Tensor) -> Tensor:
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    def sparsity_loss(self, x: Tensor, f: Tensor) -> Tensor:
+        return x.new_zeros(())
+
+    def loss(self, x: Tensor) -> dict[str, Tensor]:
+        """{'loss', 'mse', 'sparsity', 'aux', 'f'} for a batch x: [batch, d_in]. The MSE is summed
+        over d_in and averaged over the batch (the squared error per input)."""
+        f = self.encode(x)
+        x_hat = self.decode(f)
+        mse = (x_hat - x).pow(2).sum(-1).mean()
+        sparsity = self.sparsity_loss(x, f)
+        aux = self.aux_loss(x, x_hat, f)
+        return {"loss": mse + sparsity + aux, "mse": mse, "sparsity": sparsity, "aux": aux, "f": f}
+
+    def aux_loss(self, x: Tensor, x_hat: Tensor, f: Tensor) -> Tensor:
+        return x.new_zeros(())
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Unit-norm decoder rows (called after every optimiser step)."""
+        self.W_dec.copy_(normalized_rows(self.W_dec))
+
+    @torch.no_grad()
+    def note_firing(self, f: Tensor) -> None:
+        fired = (f > 0).flatten(0, -2).any(0)
+        self.steps_since_fired += 1
+        self.steps_since_fired[fired] = 0
+
+
+def relu_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
+    """ReLU((x - b_dec) @ W_enc + b_enc): x [..., d_in] -> latents [..., d_sae]."""
+    return F.relu((x - b_dec) @ W_enc + b_enc)
+
+
+def l1_sae_loss(x: Tensor, x_hat: Tensor, f: Tensor, W_dec: Tensor, l1_coefficient: float) -> Tensor:
+    """Squared error (summed over d_in, averaged over inputs) plus l1_coefficient times the L1
+    norm of the latents weighted by their decoder rows' norms, also averaged over inputs.
+
+    The weighting (Anthropic's April 2024 update) makes the penalty independent of how the
+    scale is split between f and W_dec: otherwise the SAE could shrink f and grow W_dec."""
+    mse = (x_hat - x).pow(2).sum(-1).mean()
+    return mse + l1_coefficient * (f * W_dec.norm(dim=-1)).sum(-1).mean()
+
+
+def normalized_rows(W: Tensor) -> Tensor:
+    """W [d_sae, d_in] with every row scaled to unit norm."""
+    return W / W.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+
+class ReluSAE(SAE):
+    """ReLU latents, L1 penalty weighted by decoder norms."""
+
+    def encode(self, x: Tensor) -> Tensor:
+        return relu_encode(x, self.W_enc, self.b_enc, self.b_dec)
+
+    def sparsity_loss(self, x: Tensor, f: Tensor) -> Tensor:
+        return self.cfg.sparsity_coefficient * (f * self.W_dec.norm(dim=-1)).sum(-1).mean()
+
+
+def topk_activation(pre: Tensor, k: int) -> Tensor:
+    """Keep each row's k largest pre-activations (ReLU'd), zero the rest."""
+    values, indices = pre.topk(k, dim=-1)
+    return torch.zeros_like(pre).scatter(-1, indices, F.relu(values))
+
+
+def batch_topk_activation(pre: Tensor, k: int) -> Tensor:
+    """Keep the k * batch largest pre-activations of the whole batch [batch, d_sae] (ReLU'd)."""
+    flat = pre.flatten()
+    values, indices = flat.topk(k * pre.shape[0])
+    return torch.zeros_like(flat).scatter(-1, indices, F.relu(values)).reshape(pre.shape)
+
+
+def auxk_activations(pre: Tensor, dead: Tensor, k_aux: int) -> Tensor:
+    """AuxK's latents: among the *dead* latents only (``dead``: bool [d_sae]), each input's
+    ``k_aux`` largest pre-activations (ReLU'd); every other entry 0. With fewer dead latents
+    than k_aux, all of them."""
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return torch.zeros_like(pre)
+    masked = pre.masked_fill(~dead, float("-inf"))
+    values, indices = masked.topk(min(k_aux, n_dead), dim=-1)
+    return torch.zeros_like(pre).scatter(-1, indices, F.relu(values))
+
+
+class _AuxK:
+    """AuxK (Gao et al. 2024): the dead latents' top ``aux_k`` pre-activations must reconstruct
+    what the live ones missed, x - x_hat. It gives dead latents a gradient towards useful
+    directions; it does not change the SAE's output."""
+
+    def aux_loss(self, x: Tensor, x_hat: Tensor, f: Tensor) -> Tensor:
+        cfg = self.cfg
+        if not self.training or cfg.aux_k <= 0:
+            return x.new_zeros(())
+        dead = self.steps_since_fired >= cfg.dead_after
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return x.new_zeros(())
+        aux_f = auxk_activations(self.pre_acts(x), dead, cfg.aux_k)
+        residual = (x - x_hat).detach()
+        aux_hat = aux_f @ self.W_dec  # no b_dec: it reconstructs a difference
+        loss = (aux_hat - residual).pow(2).sum(-1).mean()
+        # normalised by the residual's size, so the coefficient does not depend on the scale
+        return cfg.aux_coefficient * loss / residual.pow(2).sum(-1).mean().clamp_min(1e-12)
+
+
+class TopKSAE(_AuxK, SAE):
+    def encode(self, x: Tensor) -> Tensor:
+        return topk_activation(self.pre_acts(x), self.cfg.k)
+
+
+class BatchTopKSAE(_AuxK, SAE):
+    """Top k * batch over the batch while training; at inference, every pre-activation above
+    ``threshold`` (a running average of the smallest activation kept while training), so an
+    input's latents do not depend on the other inputs in its batch."""
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        self.register_buffer("threshold", torch.zeros(()))
+
+    def encode(self, x: Tensor) -> Tensor:
+        pre = self.pre_acts(x)
+        if self.training and pre.dim() == 2:
+            f = batch_topk_activation(pre, self.cfg.k)
+            with torch.no_grad():
+                kept = f[f > 0]
+                if kept.numel():
+                    self.threshold.lerp_(kept.min(), 0.01 if self.threshold > 0 else 1.0)
+            return f
+        return F.relu(pre) * (pre > self.threshold)
+
+
+def jumprelu(z: Tensor, threshold: Tensor) -> Tensor:
+    """z where z > threshold (per latent, threshold [d_sae]), else 0. Unlike ReLU(z - threshold),
+    an active latent keeps its full value z: no shrinkage."""
+    return z * (z > threshold)
+
+
+def jumprelu_threshold_grad(z: Tensor, threshold: Tensor, bandwidth: float, grad_f: Tensor) -> Tensor:
+    """The straight-through estimate of d(loss)/d(threshold) for f = jumprelu(z, threshold),
+    given grad_f = d(loss)/df [batch, d_sae]: f jumps from 0 to z at z = threshold, so
+    df/dthreshold is approximated by -(threshold / bandwidth) * rect((z - threshold) / bandwidth),
+    where rect(u) = 1 for |u| < 1/2, else 0. Summed over the batch: [d_sae]."""
+    near = ((z - threshold).abs() < bandwidth / 2).to(z.dtype)
+    return (-(threshold / bandwidth) * near * grad_f).flatten(0, -2).sum(0)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """f = z * H(z - threshold). The step H has zero gradient almost everywhere, so the
+    threshold gets a straight-through estimate: the rectangle kernel of width ``bandwidth``
+    around the threshold (Rajamanoharan et al. 2024b, eq. 11)."""
+
+    @staticmethod
+    def forward(ctx, z, threshold, bandwidth):
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth = bandwidth
+        return jumprelu(z, threshold)
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, threshold = ctx.saved_tensors
+        grad_z = grad * (z > threshold)  # where active, f = z: gradient 1
+        return grad_z, jumprelu_threshold_grad(z, threshold, ctx.bandwidth, grad), None
+
+
+class _Step(torch.autograd.Function):
+    """H(z - threshold), with the same rectangle-kernel estimate for the threshold's gradient
+    (for the L0 penalty: the count of active latents has a gradient only through it)."""
+
+    @staticmethod
+    def forward(ctx, z, threshold, bandwidth):
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth = bandwidth
+        return (z > threshold).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        near = ((z - threshold).abs() < eps / 2).to(z.dtype)
+        grad_threshold = (-(1.0 / eps) * near * grad).flatten(0, -2).sum(0)
+        return torch.zeros_like(z), grad_threshold, None
+
+
+class JumpReLUSAE(SAE):
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        self.threshold = nn.Parameter(torch.full((cfg.d_sae,), cfg.jumprelu_init_threshold))
+
+    def encode(self, x: Tensor) -> Tensor:
+        z = self.pre_acts(x)
+        return _JumpReLU.apply(z, self.threshold, self.cfg.jumprelu_bandwidth)
+
+    def sparsity_loss(self, x: Tensor, f: Tensor) -> Tensor:
+        l0 = _Step.apply(self.pre_acts(x), self.threshold, self.cfg.jumprelu_bandwidth).sum(-1).mean()
+        return self.cfg.sparsity_coefficient * l0
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        super().normalize_decoder()
+        self.threshold.clamp_(min=1e-4)  # a threshold at or below zero is a plain ReLU
+
+
+def gated_encode(x: Tensor, W_gate: Tensor, b_gate: Tensor, r_mag: Tensor, b_mag: Tensor, b_dec: Tensor) -> Tensor:
+    """Gated latents: 1[(x - b_dec) @ W_gate + b_gate > 0] * ReLU((x - b_dec) @ W_mag + b_mag),
+    where W_mag = W_gate * exp(r_mag) (each latent's gate weights, rescaled)."""
+    centred = x - b_dec
+    gate = (centred @ W_gate + b_gate) > 0
+    return gate * F.relu(centred @ (W_gate * r_mag.exp()) + b_mag)
+
+
+class GatedSAE(SAE):
+    """Which latents fire: the gate, (x - b_dec) @ W_enc + b_gate > 0. How much: the magnitude
+    path, (x - b_dec) @ (W_enc * exp(r_mag)) + b_mag (weights shared with the gate up to a
+    per-latent rescale). The L1 penalty acts on the gate only, so magnitudes are not shrunk; an
+    auxiliary loss makes the gate's ReLU output alone reconstruct x through a frozen decoder,
+    so the gate learns to fire where it should."""
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        del self.b_enc
+        self.b_gate = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_gate
+
+    def encode(self, x: Tensor) -> Tensor:
+        return gated_encode(x, self.W_enc, self.b_gate, self.r_mag, self.b_mag, self.b_dec)
+
+    def sparsity_loss(self, x: Tensor, f: Tensor) -> Tensor:
+        gate = F.relu(self.pre_acts(x))
+        return self.cfg.sparsity_coefficient * (gate * self.W_dec.norm(dim=-1)).sum(-1).mean()
+
+    def aux_loss(self, x: Tensor, x_hat: Tensor, f: Tensor) -> Tensor:
+        gate = F.relu(self.pre_acts(x))
+        via_gate = gate @ self.W_dec.detach() + self.b_dec.detach()
+        return (via_gate - x).pow(2).sum(-1).mean()
+
+
+_CLASSES = {"relu": ReluSAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE, "jumprelu": JumpReLUSAE, "gated": GatedSAE}
+
+
+def make_sae(cfg: SAEConfig) -> SAE:
+    """The SAE class for ``cfg.architecture``."""
+    return _CLASSES[cfg.architecture](cfg)
+
+
+# ---- Metrics ----------------------------------------------------------------------------------
+def l0(f: Tensor) -> Tensor:
+    """Mean number of active (non-zero) latents per input. f: [..., d_sae]."""
+    return (f != 0).float().sum(-1).mean()
+
+
+def fvu(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Fraction of variance unexplained: sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over the
+    batch (0: perfect; 1: no better than predicting the mean)."""
+    x, x_hat = x.flatten(0, -2), x_hat.flatten(0, -2)
+    return (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+
+
+def dead_fraction(f: Tensor) -> Tensor:
+    """Fraction of latents that never fire on these inputs. f: [n, d_sae]."""
+    return (~(f.flatten(0, -2) != 0).any(0)).float().mean()
+
+
+def max_cosines(W_dec: Tensor, true_directions: Tensor) -> Tensor:
+    """For each true feature [n_true, d], the highest cosine similarity with any decoder row
+    [d_sae, d]: how well the dictionary contains that feature."""
+    a = W_dec / W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    b = true_directions / true_directions.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    return (b @ a.T).max(dim=-1).values
+
+
+def mmcs(W_dec: Tensor, true_directions: Tensor) -> Tensor:
+    """Mean max cosine similarity over the true features (Sharkey et al. 2022)."""
+    return max_cosines(W_dec, true_directions).mean()
+
+
+def fraction_recovered(W_dec: Tensor, true_directions: Tensor, threshold: float = 0.9) -> Tensor:
+    """Fraction of true features with some decoder row at cosine > threshold."""
+    return (max_cosines(W_dec, true_directions) > threshold).float().mean()
+
+
+def relative_reconstruction_bias(x: Tensor, x_hat: Tensor) -> Tensor:
+    """gamma = argmin_g E||x_hat / g - x||^2 = E||x_hat||^2 / E<x_hat, x> (Rajamanoharan et al.
+    2024a). 1: unbiased; below 1: reconstructions systematically too small (shrinkage)."""
+    x, x_hat = x.flatten(0, -2), x_hat.flatten(0, -2)
+    return x_hat.pow(2).sum() / (x_hat * x).sum()
+
+
+def auroc(scores: Tensor, labels: Tensor) -> Tensor:
+    """Area under the ROC curve of ``scores`` [n] for the binary ``labels`` [n]: the probability
+    that a random positive scores higher than a random negative, ties counting one half.
+    1: the score separates the classes perfectly; 0.5: no better than chance. (Computed from
+    ranks, the Mann-Whitney U statistic, in O(n log n).)"""
+    scores = scores.flatten().double()
+    labels = labels.flatten().bool()
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUROC needs at least one positive and one negative example")
+    order = scores.argsort()
+    sorted_scores = scores[order]
+    ranks = torch.empty_like(scores)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    # tied scores share the mean of their ranks
+    unique, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    mean_rank = ends - (counts.double() - 1) / 2
+    ranks[order] = mean_rank[inverse]
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2
+    return (u / (n_pos * n_neg)).float()
+
+
+def ce_loss_recovered(ce_clean: float, ce_spliced: float, ce_ablated: float) -> float:
+    """How much of the loss the SAE keeps when its reconstruction replaces the activation:
+    (ce_ablated - ce_spliced) / (ce_ablated - ce_clean). 1: as good as the real activation;
+    0: as bad as zeroing it."""
+    return (ce_ablated - ce_spliced) / (ce_ablated - ce_clean)
+
+
+def splice_hook(sae: SAE):
+    """A hook that replaces an activation [batch, pos, d_in] by the SAE's reconstruction."""
+
+    def hook(act: Tensor, hook) -> Tensor:
+        return sae(act)
+
+    return hook
+
+
+def steering_hook(direction: Tensor, alpha: float):
+    """A hook that adds ``alpha * direction`` (a [d_in] vector, used as given) to the
+    activation at every position."""
+
+    def hook(act: Tensor, hook) -> Tensor:
+        return act + alpha * direction
+
+    return hook
+
+
+@torch.no_grad()
+def evaluate(sae: SAE, x: Tensor, true_directions: Tensor | None = None) -> dict[str, float]:
+    """The standard numbers for ``sae`` on inputs x [n, d_in] (and true features if known)."""
+    was_training = sae.training
+    sae.eval()
+    f = sae.encode(x)
+    x_hat = sae.decode(f)
+    out = {"l0": l0(f).item(), "fvu": fvu(x, x_hat).item(), "dead": dead_fraction(f).item(),
+           "gamma": relative_reconstruction_bias(x, x_hat).item()}
+    if true_directions is not None:
+        out["mmcs"] = mmcs(sae.W_dec, true_directions).item()
+        out["recovered"] = fraction_recovered(sae.W_dec, true_directions).item()
+    sae.train(was_training)
+    return out
+
+
+# ---- Training ---------------------------------------------------------------------------------
+@dataclass
+class SAETrainingLog:
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    mse: list[float] = field(default_factory=list)
+    l0: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def train_sae(sae: SAE, sample, steps: int = 2000, batch_size: int = 1024, lr: float = 1e-3,
+              progress: bool = True, desc: str = "SAE", seed: int = 0) -> SAETrainingLog:
+    """Adam on batches from ``sample``: either a function ``sample(n) -> x [n, d_in]`` (fresh
+    synthetic data every step) or a tensor of activations [N, d_in] (shuffled batches of its
+    rows). Decoder rows are renormalised after every step. The learning rate decays linearly
+    to zero over the last 20 % of steps."""
+    from tqdm.auto import tqdm
+
+    from .grading import demo_steps
+
+    steps = demo_steps(steps, desc)
+    if isinstance(sample, Tensor):
+        data, gen = sample, torch.Generator().manual_seed(seed)
+
+        def sample(n):  # noqa: F811 (a tensor becomes a sampler of its rows)
+            return data[torch.randint(0, len(data), (n,), generator=gen)]
+
+    with torch.no_grad():  # start b_dec at the data's centre (the geometric median's cheap cousin)
+        sae.b_dec.copy_(sample(min(4 * batch_size, 8192)).mean(0))
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
+    decay_from = int(0.8 * steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 1.0 if s < decay_from else max(0.0, (steps - s) / max(1, steps - decay_from)))
+    log = SAETrainingLog()
+    start = time.perf_counter()
+    sae.train()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=0.5)
+    for step in bar:
+        x = sample(batch_size)
+        out = sae.loss(x)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        schedule.step()
+        sae.normalize_decoder()
+        sae.note_firing(out["f"])
+        if step % 10 == 0 or step == steps - 1:
+            log.steps.append(step)
+            log.loss.append(out["loss"].item())
+            log.mse.append(out["mse"].item())
+            log.l0.append(l0(out["f"]).item())
+            if step % 50 == 0:
+                bar.set_postfix(mse=f"{log.mse[-1]:.4f}", l0=f"{log.l0[-1]:.1f}")
+    sae.eval()
+    log.seconds = time.perf_counter() - start
+    return log
+
+
+# ---- Saving in SAELens's layout ---------------------------------------------------------------
+_SAELENS_ARCH = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "gated": "gated"}
+
+
+def save_sae(sae: SAE, folder: str | Path, metadata: dict | None = None) -> Path:
+    """Write ``folder/cfg.json`` and ``folder/sae_weights.safetensors``.
+
+    ``cfg.json`` holds SAELens's fields (``architecture``, ``d_in``, ``d_sae``, ...) and the
+    course's own config under ``course_config``. A BatchTopK SAE is saved as the JumpReLU SAE it
+    is at inference (its threshold for every latent), as SAELens does."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    arch = sae.cfg.architecture
+    tensors = {k: v.detach().clone().contiguous() for k, v in sae.state_dict().items()}
+    if arch == "batchtopk":
+        tensors["threshold"] = tensors["threshold"].expand(sae.cfg.d_sae).clone()
+    cfg = {"architecture": _SAELENS_ARCH[arch], "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
+           "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
+           "normalize_activations": "none", "hook_name": sae.cfg.hook_name,
+           "course_config": asdict(sae.cfg), "metadata": metadata or {}}
+    if arch == "topk":
+        cfg["k"] = sae.cfg.k
+    text = json.dumps(cfg, indent=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, folder / "sae_weights.safetensors")
+    (folder / "cfg.json").write_text(text + "\n")
+    return folder
+
+
+def load_sae(folder: str | Path) -> SAE:
+    """An SAE saved by ``save_sae``."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    for p in (folder / "cfg.json", folder / "sae_weights.safetensors"):
+        if not p.is_file():
+            raise FileNotFoundError(f"SAE file {p} does not exist")
+    info = json.loads((folder / "cfg.json").read_text())
+    known = {f.name for f in fields(SAEConfig)}
+    cfg = SAEConfig(**{k: v for k, v in info["course_config"].items() if k in known})
+    sae = make_sae(cfg)
+    tensors = load_file(folder / "sae_weights.safetensors")
+    if cfg.architecture == "batchtopk":
+        tensors["threshold"] = tensors["threshold"][0]
+    missing, unexpected = sae.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{folder}: missing tensors {missing}, unexpected {unexpected}")
+    return sae.eval()
+
+
+def sae_info(folder: str | Path) -> dict:
+    return json.loads((Path(folder) / "cfg.json").read_text())
