@@ -246,3 +246,16 @@ def test_recipe_entry_point_trains_and_saves(tmp_path, capsys):
     assert model.cfg.n_layers == 2
     assert zoo.main(["list"]) == 0
     assert "course_lm" in capsys.readouterr().out
+
+
+def test_the_zoo_imports_no_chapter_module_until_a_recipe_is_asked_for():
+    """Checkpoint I/O sits at the bottom of the import graph: importing utils.zoo loads the
+    model classes, not the chapters that register recipes (utils.sae, ...)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, utils.zoo as z; print(sorted(m for m in sys.modules if m.startswith('utils.')));"
+            "z.all_recipes(); print('utils.sae' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "utils.sae" not in out[0] and "utils.training" not in out[0], out[0]
+    assert out[1] == "True"

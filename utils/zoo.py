@@ -116,18 +116,34 @@ def load_model(name: str) -> Transformer:
 class Recipe:
     name: str
     description: str
-    make: Callable[..., tuple[Transformer, dict]]  # make(steps=None, progress=True) -> (model, metadata)
+    make: Callable[..., tuple[object, dict]]  # make(steps=None, progress=True) -> (model, metadata)
+    # save(model, out_dir, name, metadata) -> the path written; None: a Transformer checkpoint
+    save: Callable[..., Path] | None = None
 
 
 RECIPES: dict[str, Recipe] = {}
 
+# Later chapters' modules register their own recipes when imported (``recipe(...)`` below); the
+# zoo imports them by name only when a recipe is asked for, so this module, at the bottom of the
+# import graph, never depends on them.
+RECIPE_MODULES = ("utils.sae",)
 
-def recipe(name: str, description: str):
+
+def recipe(name: str, description: str, save: Callable[..., Path] | None = None):
     def register(fn):
-        RECIPES[name] = Recipe(name, description, fn)
+        RECIPES[name] = Recipe(name, description, fn, save)
         return fn
 
     return register
+
+
+def all_recipes() -> dict[str, Recipe]:
+    """Every recipe: this module's and those of ``RECIPE_MODULES``."""
+    import importlib
+
+    for module in RECIPE_MODULES:
+        importlib.import_module(module)
+    return RECIPES
 
 
 @recipe("course_lm", "Chapter 1's model trained longer: 2 layers, d_model 128, on the course language (n_ctx 48).")
@@ -180,9 +196,12 @@ def _ioi_2l(steps: int | None = None, progress: bool = True) -> tuple[Transforme
 
 def retrain(name: str, out_dir: str | Path | None = None, steps: int | None = None, progress: bool = True) -> Path:
     """Run a recipe and save its checkpoint (by default into the shipped folder)."""
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; available: {', '.join(sorted(RECIPES))}")
-    model, metadata = RECIPES[name].make(steps=steps, progress=progress)
+    recipes = all_recipes()
+    if name not in recipes:
+        raise ValueError(f"unknown recipe {name!r}; available: {', '.join(sorted(recipes))}")
+    model, metadata = recipes[name].make(steps=steps, progress=progress)
+    if recipes[name].save is not None:
+        return recipes[name].save(model, Path(out_dir or checkpoint_dir()), name, metadata)
     path = Path(out_dir or checkpoint_dir()) / f"{name}.safetensors"
     save_checkpoint(model, path, metadata)
     return path
@@ -200,13 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--steps", type=int, help="override the number of steps (for a quick try)")
     args = parser.parse_args(argv)
     if args.command == "list":
-        shipped = set(available_models())
-        for name, r in sorted(RECIPES.items()):
+        shipped = set(available_models()) | {p.name for p in checkpoint_dir().iterdir() if (p / "cfg.json").is_file()}
+        for name, r in sorted(all_recipes().items()):
             print(f"{name:16s} {'shipped' if name in shipped else 'not built'}  {r.description}")
         return 0
     path = retrain(args.name, args.out, args.steps)
-    meta = json.loads(path.with_suffix(".json").read_text())["metadata"]
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {meta}")
+    if path.is_dir():  # an SAE: cfg.json + sae_weights.safetensors
+        meta = json.loads((path / "cfg.json").read_text())["metadata"]
+        size = sum(p.stat().st_size for p in path.iterdir())
+    else:
+        meta = json.loads(path.with_suffix(".json").read_text())["metadata"]
+        size = path.stat().st_size
+    print(f"wrote {path} ({size / 1e6:.1f} MB): {meta}")
     return 0
 
 

@@ -1,0 +1,175 @@
+"""Chapter 5's sparse autoencoders: the toolkit's pieces, and every number the chapter's prose
+promises about its outputs, asserted with the chapter's fixed seeds (the training ones are slow)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from utils import sae as sl
+from utils.sae import FeatureDataConfig, SAEConfig, SyntheticFeatures
+
+# ---- quick: the pieces ------------------------------------------------------------------------
+
+
+def test_synthetic_data_has_the_promised_shape_and_sparsity():
+    data = SyntheticFeatures(FeatureDataConfig())
+    x, f = data.sample(20_000)
+    assert x.shape == (20_000, 32) and f.shape == (20_000, 128)
+    assert abs((f > 0).sum(-1).float().mean().item() - 4.0) < 0.1
+    torch.testing.assert_close(x, f @ data.directions)
+    torch.testing.assert_close(data.directions.norm(dim=-1), torch.ones(128))
+    assert f[f > 0].min() >= 0.25 and f.max() <= 1
+    # seeded: the same directions and samples on every run
+    again = SyntheticFeatures(FeatureDataConfig())
+    torch.testing.assert_close(again.directions, data.directions)
+    torch.testing.assert_close(again.sample(5)[0], SyntheticFeatures(FeatureDataConfig()).sample(5)[0])
+
+
+def test_an_sae_that_is_given_the_true_features_scores_perfectly():
+    """The metrics agree with what they measure: decoder = the true directions, latents = the
+    true magnitudes, reconstructs exactly."""
+    data = SyntheticFeatures(FeatureDataConfig(n_features=64, d=16, l0=3, seed=3))
+    x, f = data.sample(4096)
+    x_hat = f @ data.directions
+    assert sl.fvu(x, x_hat).item() < 1e-10
+    assert sl.relative_reconstruction_bias(x, x_hat).item() == pytest.approx(1.0, abs=1e-5)
+    assert sl.relative_reconstruction_bias(x, 0.8 * x_hat).item() == pytest.approx(0.8, abs=1e-5)
+    assert sl.mmcs(data.directions, data.directions).item() == pytest.approx(1.0, abs=1e-5)
+    assert sl.fraction_recovered(-data.directions, data.directions).item() == 0.0  # opposite rows do not count
+    precision, recall = sl.latent_precision_recall(f, f, data.directions, data.directions)
+    assert precision == pytest.approx(1.0) and recall == pytest.approx(1.0)
+    assert sl.l0(f).item() == pytest.approx((f > 0).sum(-1).float().mean().item())
+
+
+def test_auroc_matches_the_pairwise_definition_with_ties():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 5, (300,), generator=gen).float()  # many ties
+    labels = torch.rand(300, generator=gen) < 0.3
+    pos, neg = scores[labels], scores[~labels]
+    pairs = (pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()
+    assert sl.auroc(scores, labels).item() == pytest.approx(pairs.mean().item(), abs=1e-6)
+    assert sl.auroc(-scores, labels).item() == pytest.approx(1 - pairs.mean().item(), abs=1e-6)
+    with pytest.raises(ValueError, match="positive and one negative"):
+        sl.auroc(scores, torch.ones(300, dtype=torch.bool))
+
+
+def test_jumprelu_gradients_are_the_straight_through_estimate():
+    z = torch.tensor([[0.05, 0.12, 0.30], [0.11, 0.09, 0.50]], requires_grad=True)
+    sae = sl.make_sae(SAEConfig(d_in=2, d_sae=3, architecture="jumprelu", jumprelu_init_threshold=0.1,
+                                jumprelu_bandwidth=0.05))
+    f = sl._JumpReLU.apply(z, sae.threshold, 0.05)
+    torch.testing.assert_close(f.detach(), sl.jumprelu(z.detach(), sae.threshold.detach()))
+    f.sum().backward()
+    # z > threshold passes the gradient 1; the threshold gets -(theta/eps) for every z within eps/2
+    torch.testing.assert_close(z.grad, torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0]]))
+    torch.testing.assert_close(sae.threshold.grad, torch.tensor([-2.0, -2.0 * 2, 0.0]))  # 0.11; 0.12 and 0.09
+
+
+@pytest.mark.parametrize("arch", sl.ARCHITECTURES)
+def test_every_architecture_saves_in_saelens_layout_and_loads_back(arch, tmp_path):
+    cfg = SAEConfig(d_in=8, d_sae=24, architecture=arch, k=3, hook_name="blocks.0.hook_resid_post", seed=1)
+    sae = sl.make_sae(cfg)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    if arch == "batchtopk":
+        sae.threshold.fill_(0.2)
+    x = torch.randn(50, 8)
+    sl.save_sae(sae, tmp_path / "sae", metadata={"note": "test"})
+    info = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert {"architecture", "d_in", "d_sae", "hook_name", "apply_b_dec_to_input"} <= set(info)
+    from safetensors.torch import load_file
+
+    tensors = load_file(tmp_path / "sae" / "sae_weights.safetensors")
+    assert tensors["W_enc"].shape == (8, 24) and tensors["W_dec"].shape == (24, 8)
+    if arch in ("jumprelu", "batchtopk"):
+        assert tensors["threshold"].shape == (24,)
+    loaded = sl.load_sae(tmp_path / "sae")
+    sae.eval()
+    torch.testing.assert_close(loaded.encode(x), sae.encode(x))
+    torch.testing.assert_close(loaded(x), sae(x))
+
+
+def test_auxk_revives_dead_latents_only_when_there_are_some():
+    sae = sl.make_sae(SAEConfig(d_in=8, d_sae=16, architecture="topk", k=2, aux_k=4, dead_after=3))
+    sae.train()
+    x = torch.randn(32, 8)
+    out = sae.loss(x)
+    assert out["aux"].item() == 0.0  # nothing dead yet
+    sae.steps_since_fired[:8] = 5
+    out = sae.loss(x)
+    assert out["aux"].item() > 0
+    out["aux"].backward()
+    assert sae.W_enc.grad[:, :8].abs().sum() > 0 and sae.W_enc.grad[:, 8:].abs().sum() == 0  # only dead latents learn
+
+
+def test_training_follows_demo_steps(monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_DEMO_STEPS", "7")
+    sae = sl.make_sae(SAEConfig(d_in=8, d_sae=16, architecture="relu"))
+    log = sl.train_sae(sae, torch.randn(500, 8), steps=100, batch_size=32, progress=False, desc="tiny SAE")
+    assert log.steps[-1] == 6
+    assert "tiny SAE trains for 7 of its 100 steps" in capsys.readouterr().out
+
+
+# ---- slow: the chapter's numbers --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    return sl.l1_sweep(progress=False)
+
+
+@pytest.fixture(scope="module")
+def variants():
+    return sl.variants_experiment(progress=False)
+
+
+@pytest.mark.slow
+def test_l1_sweep_trades_l0_against_fvu_and_shrinks(sweep):
+    """Section 3's prose: L0 falls from about 50 towards the truth as lambda grows, FVU rises;
+    low lambda reconstructs well (FVU < 0.05) with L0 near 50 and a dictionary that still
+    contains the features (MMCS > 0.95) but imprecise codes (about 0.2); gamma falls below 0.9."""
+    l0s = [r["l0"] for r in sweep]
+    fvus = [r["fvu"] for r in sweep]
+    assert l0s == sorted(l0s, reverse=True) and fvus == sorted(fvus), (l0s, fvus)
+    low = sweep[0]
+    assert low["fvu"] < 0.05 and 40 < low["l0"] < 60 and low["mmcs"] > 0.95 and low["precision"] < 0.3, low
+    assert all(r["mmcs"] > 0.95 for r in sweep)
+    assert sweep[-1]["l0"] < 8 and sweep[-1]["precision"] > low["precision"] + 0.1
+    assert min(r["gamma"] for r in sweep) < 0.9
+
+
+@pytest.mark.slow
+def test_my_relu_sae_numbers_match_the_prose(sweep):
+    """Section 2's expectations for lambda = 0.3 (the notebook's own SAE is trained the same way)."""
+    r = next(r for r in sweep if r["coefficient"] == 0.3)
+    assert 12 <= r["l0"] <= 22 and 0.12 <= r["fvu"] <= 0.28 and r["dead"] == 0, r
+    assert r["mmcs"] > 0.96 and r["recovered"] >= 0.95 and 0.1 <= r["precision"] <= 0.35, r
+
+
+@pytest.mark.slow
+def test_every_other_variant_removes_the_shrinkage_and_recovers_the_features(variants):
+    """Issue acceptance: L1 at a high penalty shows gamma < 0.9; TopK, BatchTopK, JumpReLU and
+    Gated have gamma within 0.05 of 1; TopK with k at the true L0 recovers >= 95 % of features."""
+    relu = variants["ReLU + L1 (λ 0.3)"]
+    assert relu["gamma"] < 0.9, relu
+    for name, r in variants.items():
+        if name.startswith("ReLU"):
+            continue
+        assert abs(r["gamma"] - 1) < 0.05, (name, r)
+        assert r["recovered"] >= 0.95, (name, r)
+    assert variants["TopK (k 4)"]["l0"] == pytest.approx(4, abs=0.1)
+    assert abs(variants["BatchTopK (k 4)"]["l0"] - 4) < 0.5
+
+
+@pytest.mark.slow
+def test_jumprelu_penalty_sweep_shows_both_failure_modes():
+    rows = sl.jumprelu_sweep(progress=False)
+    low, mid, high = rows
+    assert low["l0"] > 3 * mid["l0"], rows  # too little: dense
+    # too much: fewer latents fire than there are features, and present features are missed
+    assert high["l0"] < 0.6 * mid["l0"] and high["l0"] < 3.5, rows
+    assert high["recall"] < mid["recall"] - 0.1, rows
