@@ -136,7 +136,7 @@ def test_l1_sweep_trades_l0_against_fvu_and_shrinks(sweep):
     fvus = [r["fvu"] for r in sweep]
     assert l0s == sorted(l0s, reverse=True) and fvus == sorted(fvus), (l0s, fvus)
     low = sweep[0]
-    assert low["fvu"] < 0.05 and 40 < low["l0"] < 60 and low["mmcs"] > 0.95 and low["precision"] < 0.3, low
+    assert low["fvu"] < 0.06 and 40 < low["l0"] < 60 and low["mmcs"] > 0.95 and low["precision"] < 0.3, low
     assert all(r["mmcs"] > 0.95 for r in sweep)
     assert sweep[-1]["l0"] < 8 and sweep[-1]["precision"] > low["precision"] + 0.1
     assert min(r["gamma"] for r in sweep) < 0.9
@@ -167,9 +167,150 @@ def test_every_other_variant_removes_the_shrinkage_and_recovers_the_features(var
 
 @pytest.mark.slow
 def test_jumprelu_penalty_sweep_shows_both_failure_modes():
-    rows = sl.jumprelu_sweep(progress=False)
+    rows = sl.jumprelu_sweep(coefficients=(0.003, 0.03, 3.0), progress=False)  # the notebook's
     low, mid, high = rows
     assert low["l0"] > 3 * mid["l0"], rows  # too little: dense
     # too much: fewer latents fire than there are features, and present features are missed
     assert high["l0"] < 0.6 * mid["l0"] and high["l0"] < 3.5, rows
     assert high["recall"] < mid["recall"] - 0.1, rows
+
+
+# ---- the shipped SAE on course_lm (sections 5-7) ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lm_eval():
+    """The notebook's evaluation set: 48 000 held-out tokens, position 0 left out."""
+    from utils import zoo
+    from utils.corpus import token_dataset_with_info
+
+    lm = zoo.load_model("course_lm")
+    sae = sl.load_course_sae()
+    tokens, infos = token_dataset_with_info(48_000, 48, seed=sl.LM_EVAL_SEED)
+    acts = sl.collect_activations(lm, tokens, sl.LM_HOOK)[:, 1:].reshape(-1, 128)
+    return lm, sae, tokens, infos, acts
+
+
+@pytest.mark.slow
+def test_shipped_lm_sae_reconstructs_and_keeps_the_loss(lm_eval):
+    """Issue acceptance and section 5's prose: L0 16, FVU about 0.02 (<= 0.2), about 1 % dead
+    (<= 5 %), CE loss recovered about 0.998 (>= 0.95) against zero ablation."""
+    lm, sae, tokens, _, acts = lm_eval
+    m = sl.evaluate(sae, acts)
+    assert m["l0"] == pytest.approx(16, abs=0.01) and m["fvu"] < 0.03 and m["dead"] < 0.02, m
+    ce = sl.lm_losses(lm, sae, tokens, sl.LM_HOOK)
+    assert ce["recovered"] > 0.995 and ce["zero"] > ce["clean"] + 2, ce
+    from utils.zoo import checkpoint_dir
+
+    info = sl.sae_info(checkpoint_dir() / "course_lm_sae")
+    assert info["hook_name"] == sl.LM_HOOK and info["architecture"] == "topk" and info["k"] == 16
+
+
+@pytest.mark.slow
+def test_shipped_lm_sae_latents_match_ground_truth(lm_eval):
+    """Section 6's prose: over 60 distinct latents match an annotation at AUROC >= 0.9, at
+    least 6 of them beyond one word's identity, including the IOI answer, the word after 'said'
+    and a quotation mark; 'inside a quotation' and 'first mention' have no such latent."""
+    _, sae, tokens, infos, acts = lm_eval
+    labels, kind = sl.annotations(tokens, infos)
+    labels = {k: v[:, 1:].reshape(-1) for k, v in labels.items()}
+    with torch.no_grad():
+        rows = sl.best_latents(sae.encode(acts), labels, kind)
+    good = [r for r in rows if r["auroc"] >= 0.9]
+    assert len({r["latent"] for r in good}) > 60
+    beyond = {r["annotation"] for r in good if r["kind"] != "word"}
+    assert len({r["latent"] for r in good if r["kind"] != "word"}) >= 6, beyond
+    assert {"ioi_role=ANSWER", "previous word=said"} <= beyond and beyond & {"opening quote", "closing quote"}, beyond
+    best = {r["annotation"]: r["auroc"] for r in rows}
+    assert best["in_quote"] < 0.75 and best["first mention of a name"] < 0.8, best
+    # the two dashboards: the opening-quote latent is precise; the IOI-answer latent is broad
+    f = sae.encode(acts)
+    by = {r["annotation"]: r["latent"] for r in rows}
+
+    def precision(annotation):
+        fires = f[:, by[annotation]] > 0
+        return ((fires & labels[annotation]).sum() / fires.sum()).item(), fires.float().mean().item()
+
+    p_quote, _ = precision("opening quote")
+    p_answer, rate_answer = precision("ioi_role=ANSWER")
+    assert p_quote > 0.5 and p_answer < 0.2 and 0.1 < rate_answer < 0.25, (p_quote, p_answer, rate_answer)
+
+
+def test_auroc_matrix_agrees_with_auroc():
+    gen = torch.Generator().manual_seed(1)
+    f = torch.relu(torch.randn(500, 6, generator=gen))  # many exact zeros, as latents have
+    labels = torch.rand(500, 3, generator=gen) < torch.tensor([0.1, 0.5, 0.8])
+    m = sl.auroc_matrix(f, labels)
+    for i in range(6):
+        for j in range(3):
+            assert m[i, j].item() == pytest.approx(sl.auroc(f[:, i], labels[:, j]).item(), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_steering_with_the_mary_latent_beats_difference_of_means(lm_eval):
+    """Section 7's prose: Mary in about 10 % of 100 stories unsteered, over 80 % at alpha 4
+    for a cost of a few tenths of a nat; a difference-of-means vector of the same norm does
+    much less at alpha 4; at alpha 8 (nearly) every story says Mary."""
+    from utils.corpus import VOCAB, token_dataset
+
+    lm, sae, tokens, _, acts = lm_eval
+    mary = VOCAB.index("Mary")
+    latent = int(sl.logit_effects(lm, sae)[:, mary].argmax())
+    direction = sae.W_dec[latent].detach()
+    x = acts.reshape(len(tokens), 47, 128)[:, :-1].reshape(-1, 128)
+    nxt = (tokens[:, 2:] == mary).reshape(-1)
+    dom = x[nxt].mean(0) - x[~nxt].mean(0)
+    dom = dom / dom.norm() * direction.norm()
+    fluency = token_dataset(200 * 48, 48, seed=3)
+    with torch.no_grad():
+        clean = lm(fluency, return_type="loss").item()
+
+    def run(vec, alpha):
+        hooks = [(sl.LM_HOOK, sl.positions_from(1, sl.steering_hook(vec, alpha)))] if alpha else []
+        s = sl.sample_with_hooks(lm, 100, 24, hooks, seed=0)[:, 1:]
+        with torch.no_grad():
+            cost = lm.run_with_hooks(fluency, return_type="loss", fwd_hooks=hooks).item() - clean
+        return (s == mary).any(1).float().mean().item(), cost
+
+    base, _ = run(direction, 0)
+    four, cost4 = run(direction, 4)
+    eight, _ = run(direction, 8)
+    dom4, _ = run(dom, 4)
+    assert base < 0.2 and four > 0.8 and four - base >= 0.3 and 0.05 < cost4 < 0.6, (base, four, cost4)
+    assert eight > 0.95 and dom4 < four - 0.2, (eight, dom4)
+
+
+@pytest.mark.parametrize("arch", sl.ARCHITECTURES)
+def test_saelens_loads_course_saes_and_encodes_identically(arch, tmp_path):
+    """A learner can carry a course SAE into SAELens: its loader reads our folder and its
+    encode/decode give the course's numbers. (sae-lens is in the test extra, never a run-time
+    dependency; without it the test is skipped, except in CI.)"""
+    import os
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # transformer-lens's, on import
+            from sae_lens import SAE
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("sae-lens is not installed (pip install -e '.[test]')")
+    cfg = SAEConfig(d_in=16, d_sae=64, architecture=arch, k=5, hook_name="blocks.1.hook_resid_post", seed=2)
+    sae = sl.make_sae(cfg)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    if arch == "batchtopk":
+        sae.threshold.fill_(0.3)
+    if arch == "jumprelu":
+        sae.threshold.data = sae.threshold.data.abs() + 0.05
+    sae.eval()
+    sl.save_sae(sae, tmp_path / "sae")
+    theirs = SAE.load_from_disk(str(tmp_path / "sae"), device="cpu")
+    x = torch.randn(200, 16)
+    with torch.no_grad():
+        f = sae.encode(x)
+        torch.testing.assert_close(theirs.encode(x), f)
+        torch.testing.assert_close(theirs.decode(f), sae.decode(f))
+    assert (f != 0).any()

@@ -520,11 +520,11 @@ class SAETrainingLog:
 
 
 def train_sae(sae: SAE, sample, steps: int = 2000, batch_size: int = 1024, lr: float = 1e-3,
-              progress: bool = True, desc: str = "SAE", seed: int = 0) -> SAETrainingLog:
+              progress: bool = True, desc: str = "SAE", seed: int = 0, warmup: int = 0) -> SAETrainingLog:
     """Adam on batches from ``sample``: either a function ``sample(n) -> x [n, d_in]`` (fresh
     synthetic data every step) or a tensor of activations [N, d_in] (shuffled batches of its
-    rows). Decoder rows are renormalised after every step. The learning rate decays linearly
-    to zero over the last 20 % of steps."""
+    rows). Decoder rows are renormalised after every step. The learning rate rises linearly
+    over ``warmup`` steps and decays linearly to zero over the last 20 %."""
     from tqdm.auto import tqdm
 
     from .grading import demo_steps
@@ -541,7 +541,8 @@ def train_sae(sae: SAE, sample, steps: int = 2000, batch_size: int = 1024, lr: f
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
     decay_from = int(0.8 * steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 1.0 if s < decay_from else max(0.0, (steps - s) / max(1, steps - decay_from)))
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup))
+        * (1.0 if s < decay_from else max(0.0, (steps - s) / max(1, steps - decay_from))))
     log = SAETrainingLog()
     start = time.perf_counter()
     sae.train()
@@ -621,6 +622,243 @@ def jumprelu_sweep(coefficients=(0.003, 0.03, 3.0), steps: int = 800, progress: 
         _, m = synthetic_sae("jumprelu", data, steps=steps, sparsity_coefficient=c, progress=progress, desc=f"JumpReLU {c:g}")
         rows.append({"coefficient": c, **m})
     return rows
+
+
+# ---- SAEs on the course language model ------------------------------------------------------
+LM_HOOK = "blocks.1.hook_resid_post"  # the residual stream after the last block
+LM_TRAIN_SEED, LM_EVAL_SEED = 1, 2  # course_lm itself was trained on token_dataset(..., seed=0)
+
+
+@torch.no_grad()
+def collect_activations(model, tokens: Tensor, hook_name: str, batch_rows: int = 500) -> Tensor:
+    """The activations at ``hook_name`` for every row of ``tokens`` [rows, pos]: [rows, pos, d].
+    (An "activation store" in SAELens's words; ours fits in memory.)"""
+    out = []
+    for i in range(0, len(tokens), batch_rows):
+        _, cache = model.run_with_cache(tokens[i : i + batch_rows], names_filter=hook_name)
+        out.append(cache[hook_name])
+    return torch.cat(out)
+
+
+def activation_scale(acts: Tensor) -> float:
+    """s with E||x / s||^2 = d_in: dividing by it makes hyperparameters independent of the
+    hook's activation size."""
+    return (acts.pow(2).sum(-1).mean().sqrt() / acts.shape[-1] ** 0.5).item()
+
+
+@torch.no_grad()
+def fold_activation_scale(sae: SAE, scale: float) -> SAE:
+    """An SAE trained on x / scale, rewritten to take x itself: W_enc / scale, W_dec and b_dec
+    times scale (pre-activations and thresholds are unchanged). Decoder rows then have norm
+    ``scale``: a latent's activation times its row is its contribution in the model's units."""
+    sae.W_enc /= scale
+    sae.W_dec *= scale
+    sae.b_dec *= scale
+    return sae
+
+
+@torch.no_grad()
+def lm_losses(model, sae: SAE, tokens: Tensor, hook_name: str, skip_positions: int = 1,
+              batch_rows: int = 250) -> dict[str, float]:
+    """Mean next-token loss of ``model`` on ``tokens``: clean, with the SAE's reconstruction
+    spliced in at ``hook_name``, and with that activation zero-ablated (positions before
+    ``skip_positions``, the <bos> the SAE never saw, stay clean in both)."""
+
+    def spliced(act, hook):
+        out = act.clone()
+        out[:, skip_positions:] = sae(act[:, skip_positions:])
+        return out
+
+    def zeroed(act, hook):
+        out = act.clone()
+        out[:, skip_positions:] = 0.0
+        return out
+
+    totals = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
+    for i in range(0, len(tokens), batch_rows):
+        t = tokens[i : i + batch_rows]
+        totals["clean"] += model(t, return_type="loss").item() * len(t)
+        totals["spliced"] += model.run_with_hooks(t, return_type="loss", fwd_hooks=[(hook_name, spliced)]).item() * len(t)
+        totals["zero"] += model.run_with_hooks(t, return_type="loss", fwd_hooks=[(hook_name, zeroed)]).item() * len(t)
+    out = {k: v / len(tokens) for k, v in totals.items()}
+    out["recovered"] = ce_loss_recovered(out["clean"], out["spliced"], out["zero"])
+    return out
+
+
+def annotations(tokens: Tensor, infos, min_count: int = 50) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Binary ground-truth labels per token ([rows, pos] bool) from the corpus generator's
+    annotations (utils/corpus.py: TokenInfo) and the tokens themselves. Returns (labels, kind):
+    kind "word" for one word's identity, "role" for a part of speech, "context" for everything
+    that depends on the surrounding text (quotation state, IOI roles, mentions, the previous
+    word). Labels with fewer than ``min_count`` positives are left out."""
+    from .corpus import QUOTE, ROLES, VOCAB
+
+    ioi_roles = [None, "IO", "S1", "S2", "END", "ANSWER"]
+    w = tokens
+    role = torch.tensor([[ROLES.index(t.role) for t in row] for row in infos])
+    in_quote = torch.tensor([[t.in_quote for t in row] for row in infos])
+    first = torch.tensor([[t.first_mention for t in row] for row in infos])
+    ioi = torch.tensor([[ioi_roles.index(t.ioi_role) for t in row] for row in infos])
+    prev_w = torch.cat([torch.full_like(w[:, :1], -1), w[:, :-1]], 1)
+    prev_role = torch.cat([torch.full_like(role[:, :1], -1), role[:, :-1]], 1)
+    next_in_quote = torch.cat([in_quote[:, 1:], torch.zeros_like(in_quote[:, :1])], 1)
+    prev_in_quote = torch.cat([torch.zeros_like(in_quote[:, :1]), in_quote[:, :-1]], 1)
+    wid = {word: i for i, word in enumerate(VOCAB)}
+    is_name = role == ROLES.index("name")
+    quote = w == wid[QUOTE]
+    labels: dict[str, Tensor] = {}
+    kind: dict[str, str] = {}
+
+    def add(name, t, k):
+        if int(t.sum()) >= min_count:
+            labels[name], kind[name] = t, k
+
+    for i, word in enumerate(VOCAB):
+        if word not in ("<bos>", "<pad>"):
+            add(f"word={word}", w == i, "word")
+    for r in ROLES:
+        if r not in ("quote", "special"):  # one-word roles: the same as a word label
+            add(f"role={r}", role == ROLES.index(r), "role")
+    add("in_quote", in_quote, "context")
+    add("name in quote", in_quote & is_name, "context")
+    add("name not in quote", ~in_quote & is_name, "context")
+    add("opening quote", quote & next_in_quote, "context")
+    add("closing quote", quote & prev_in_quote, "context")
+    add("first token in quote", in_quote & (prev_w == wid[QUOTE]), "context")
+    add("first mention of a name", first, "context")
+    add("repeated mention of a name", is_name & ~first, "context")
+    for i, r in enumerate(ioi_roles):
+        if r is not None:
+            add(f"ioi_role={r}", ioi == i, "context")
+    add("inside an IOI sentence", ioi > 0, "context")
+    add("'to' that is not the IOI END", (w == wid["to"]) & (ioi != ioi_roles.index("END")), "context")
+    for p in ("the", "a", "to", "said", "asked", "at", QUOTE, "and"):
+        add(f"previous word={p}", prev_w == wid[p], "context")
+    add("previous word is a name", prev_role == ROLES.index("name"), "context")
+    add("name at sentence start", is_name & ((prev_w == wid["."]) | (prev_w == wid["<bos>"])), "context")
+    return labels, kind
+
+
+def auroc_matrix(scores: Tensor, labels: Tensor) -> Tensor:
+    """AUROC of every column of ``scores`` [n, n_latents] (non-negative latent activations)
+    for every column of ``labels`` [n, n_labels] (bool): [n_latents, n_labels]. Ties among the
+    many exact zeros get their average rank; non-zero activations are treated as distinct
+    (float ties there are vanishingly rare), which makes this one matrix product."""
+    n = scores.shape[0]
+    scores = scores.double()
+    order = scores.argsort(dim=0)
+    ranks = torch.empty_like(scores)
+    ranks.scatter_(0, order, torch.arange(1, n + 1, dtype=scores.dtype)[:, None].expand_as(scores).contiguous())
+    n_zero = (scores == 0).sum(0, keepdim=True).to(scores.dtype)
+    ranks = torch.where(scores == 0, (n_zero + 1) / 2, ranks)
+    lab = labels.to(scores.dtype)
+    n_pos = lab.sum(0)
+    return ((ranks.T @ lab - n_pos * (n_pos + 1) / 2) / (n_pos * (n - n_pos))).float()
+
+
+@torch.no_grad()
+def best_latents(f: Tensor, labels: dict[str, Tensor], kind: dict[str, str]) -> list[dict]:
+    """For each annotation, the latent whose activation best predicts it (by AUROC): one dict
+    per annotation, best first. f [n, d_sae]; labels[name] [n] bool."""
+    names = list(labels)
+    au = auroc_matrix(f, torch.stack([labels[k] for k in names], 1))
+    value, latent = au.max(0)
+    rows = [{"annotation": n, "kind": kind[n], "latent": int(latent[i]), "auroc": float(value[i]),
+             "positives": int(labels[n].sum())} for i, n in enumerate(names)]
+    return sorted(rows, key=lambda r: -r["auroc"])
+
+
+def logit_effects(model, sae: SAE) -> Tensor:
+    """[d_sae, d_vocab]: how much each latent's decoder direction raises each token's logit
+    along the direct path (through the final LayerNorm's gain and the unembedding), centred per
+    latent. A latent's best token tells you what it makes the model *say*."""
+    eff = (sae.W_dec.detach() * model.ln_final.w.detach()) @ model.unembed.W_U.detach()
+    return eff - eff.mean(1, keepdim=True)
+
+
+@torch.no_grad()
+def sample_with_hooks(model, n: int, length: int, fwd_hooks=(), seed: int = 0, temperature: float = 1.0) -> Tensor:
+    """``n`` samples of ``length`` tokens from <bos>, with ``fwd_hooks`` applied at every step
+    (a steering hook, say): [n, length + 1], <bos> first. Seeded: every setting sees the same
+    random numbers."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.zeros(n, 1, dtype=torch.long)  # <bos> is id 0
+    for _ in range(length):
+        logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))[:, -1]
+        probs = (logits / temperature).softmax(-1)
+        tokens = torch.cat([tokens, torch.multinomial(probs, 1, generator=gen)], 1)
+    return tokens
+
+
+def positions_from(skip: int, hook):
+    """Wrap a hook so it acts only on positions >= skip (the SAE never saw <bos>)."""
+
+    def wrapped(act, hook_point):
+        out = act.clone()
+        out[:, skip:] = hook(act[:, skip:], hook_point)
+        return out
+
+    return wrapped
+
+
+def train_lm_sae(model, hook_name: str = LM_HOOK, d_sae: int = 1024, k: int = 16, steps: int = 1500,
+                 n_tokens: int = 1_000_000, batch_size: int = 4096, lr: float = 2e-3, progress: bool = True,
+                 desc: str = "course_lm SAE") -> tuple[SAE, dict]:
+    """A TopK SAE (with AuxK) on ``hook_name`` of ``model``: activations of
+    token_dataset(n_tokens, n_ctx, seed=LM_TRAIN_SEED) without the <bos> position, divided by a
+    fixed scale while training (folded into the weights afterwards)."""
+    from .corpus import token_dataset
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tokens = token_dataset(n_tokens, model.cfg.n_ctx, seed=LM_TRAIN_SEED)
+        acts = collect_activations(model, tokens, hook_name)[:, 1:].reshape(-1, model.cfg.d_model)
+        scale = activation_scale(acts)
+        acts = acts / scale
+        cfg = SAEConfig(d_in=model.cfg.d_model, d_sae=d_sae, architecture="topk", k=k, aux_k=64,
+                        dead_after=max(1, 200_000 // batch_size), hook_name=hook_name)
+        sae = make_sae(cfg)
+        log = train_sae(sae, acts, steps=steps, batch_size=batch_size, lr=lr, warmup=100, progress=progress, desc=desc)
+    finally:
+        torch.set_num_threads(threads)
+    del acts
+    fold_activation_scale(sae, scale)
+    return sae, {"steps": steps, "scale": round(scale, 4), "train_seconds": round(log.seconds, 1),
+                 "data": f"token_dataset({n_tokens}, {model.cfg.n_ctx}, seed={LM_TRAIN_SEED}), position 0 left out"}
+
+
+def load_course_sae(name: str = "course_lm_sae") -> SAE:
+    """The shipped SAE on course_lm (see the recipe ``python -m utils.zoo train course_lm_sae``)."""
+    from .zoo import checkpoint_dir
+
+    return load_sae(checkpoint_dir() / name)
+
+
+def _register_recipes() -> None:
+    from .zoo import load_model, recipe
+
+    def save(sae, out_dir, name, metadata):
+        return save_sae(sae, Path(out_dir) / name, metadata)
+
+    @recipe("course_lm_sae", "Chapter 5's SAE: TopK (k 16), 1 024 latents, on course_lm's blocks.1.hook_resid_post.",
+            save=save)
+    def _course_lm_sae(steps: int | None = None, progress: bool = True):
+        model = load_model("course_lm")
+        sae, info = train_lm_sae(model, steps=steps or 1500, progress=progress)
+        from .corpus import token_dataset
+
+        ev = token_dataset(96_000, model.cfg.n_ctx, seed=LM_EVAL_SEED)
+        acts = collect_activations(model, ev, LM_HOOK)[:, 1:].reshape(-1, model.cfg.d_model)
+        scores = evaluate(sae, acts)
+        losses = lm_losses(model, sae, ev, LM_HOOK)
+        return sae, {"recipe": "course_lm_sae", "seed": 0, "torch": torch.__version__, **info,
+                     **{k: round(v, 4) for k, v in scores.items()},
+                     "ce": {k: round(v, 4) for k, v in losses.items()},
+                     "eval": f"token_dataset(96_000, 48, seed={LM_EVAL_SEED}), position 0 left out"}
+
+
+_register_recipes()
 
 
 # ---- Saving in SAELens's layout ---------------------------------------------------------------

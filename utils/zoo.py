@@ -235,4 +235,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run as ``python -m utils.zoo``, this file is the module ``__main__``; the chapters register
+    # their recipes with ``utils.zoo``, so use that module's registry.
+    from utils.zoo import main as _main
+
+    raise SystemExit(_main())
