@@ -223,17 +223,17 @@ def test_shipped_lm_sae_latents_match_ground_truth(lm_eval):
     assert {"ioi_role=ANSWER", "previous word=said"} <= beyond and beyond & {"opening quote", "closing quote"}, beyond
     best = {r["annotation"]: r["auroc"] for r in rows}
     assert best["in_quote"] < 0.75 and best["first mention of a name"] < 0.8, best
-    # the two dashboards: the opening-quote latent is precise; the IOI-answer latent is broad
+    # the dashboards: the AUROC-best IOI-answer latent is broad, the F1-best one precise
+    by_auroc = {r["annotation"]: r for r in rows}
+    assert by_auroc["ioi_role=ANSWER"]["precision"] < 0.2 and by_auroc["ioi_role=ANSWER"]["auroc"] > 0.95
     f = sae.encode(acts)
-    by = {r["annotation"]: r["latent"] for r in rows}
-
-    def precision(annotation):
-        fires = f[:, by[annotation]] > 0
-        return ((fires & labels[annotation]).sum() / fires.sum()).item(), fires.float().mean().item()
-
-    p_quote, _ = precision("opening quote")
-    p_answer, rate_answer = precision("ioi_role=ANSWER")
-    assert p_quote > 0.5 and p_answer < 0.2 and 0.1 < rate_answer < 0.25, (p_quote, p_answer, rate_answer)
+    rate = lambda latent: (f[:, latent] > 0).float().mean().item()  # noqa: E731
+    assert 0.1 < rate(by_auroc["ioi_role=ANSWER"]["latent"]) < 0.25
+    assert 0.08 < rate(by_auroc["opening quote"]["latent"]) < 0.15 and 0.2 < rate(by_auroc["closing quote"]["latent"]) < 0.35
+    by_f1 = {r["annotation"]: r for r in sl.best_latents(f, labels, kind, by="f1")}
+    answer, start = by_f1["ioi_role=ANSWER"], by_f1["name at sentence start"]
+    assert 0.65 < answer["precision"] < 0.9 and 0.6 < answer["recall"] < 0.85, answer
+    assert start["f1"] > 0.75, start
 
 
 def test_auroc_matrix_agrees_with_auroc():
@@ -280,6 +280,7 @@ def test_steering_with_the_mary_latent_beats_difference_of_means(lm_eval):
     assert eight > 0.95 and dom4 < four - 0.2, (eight, dom4)
 
 
+@pytest.mark.slow  # importing sae_lens takes about 10 s
 @pytest.mark.parametrize("arch", sl.ARCHITECTURES)
 def test_saelens_loads_course_saes_and_encodes_identically(arch, tmp_path):
     """A learner can carry a course SAE into SAELens: its loader reads our folder and its

@@ -757,15 +757,28 @@ def auroc_matrix(scores: Tensor, labels: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def best_latents(f: Tensor, labels: dict[str, Tensor], kind: dict[str, str]) -> list[dict]:
-    """For each annotation, the latent whose activation best predicts it (by AUROC): one dict
-    per annotation, best first. f [n, d_sae]; labels[name] [n] bool."""
+def best_latents(f: Tensor, labels: dict[str, Tensor], kind: dict[str, str], by: str = "auroc") -> list[dict]:
+    """For each annotation, the latent that best predicts it: one dict per annotation (its
+    ``auroc``, and the ``precision``, ``recall`` and ``f1`` of "the latent fires" as a
+    prediction), best first. ``by="auroc"`` ranks latents by their activation's AUROC;
+    ``by="f1"`` by how well *firing* matches the label, which punishes broad latents that are
+    active on most positives and on much else. f [n, d_sae]; labels[name] [n] bool."""
     names = list(labels)
-    au = auroc_matrix(f, torch.stack([labels[k] for k in names], 1))
-    value, latent = au.max(0)
-    rows = [{"annotation": n, "kind": kind[n], "latent": int(latent[i]), "auroc": float(value[i]),
-             "positives": int(labels[n].sum())} for i, n in enumerate(names)]
-    return sorted(rows, key=lambda r: -r["auroc"])
+    L = torch.stack([labels[k] for k in names], 1)
+    au = auroc_matrix(f, L)
+    fires = (f != 0).float()
+    both = fires.T @ L.float()  # [d_sae, n_labels]
+    precision = both / fires.sum(0).clamp_min(1)[:, None]
+    recall = both / L.float().sum(0).clamp_min(1)[None]
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+    latent = (au if by == "auroc" else f1).argmax(0)
+    rows = []
+    for i, n in enumerate(names):
+        j = int(latent[i])
+        rows.append({"annotation": n, "kind": kind[n], "latent": j, "auroc": float(au[j, i]),
+                     "precision": float(precision[j, i]), "recall": float(recall[j, i]), "f1": float(f1[j, i]),
+                     "positives": int(labels[n].sum())})
+    return sorted(rows, key=lambda r: -r[by])
 
 
 def logit_effects(model, sae: SAE) -> Tensor:
