@@ -34,7 +34,9 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTER = ROOT / "solutions" / "02_induction_heads.ipynb"
+# The chapters run in the browser, with the figures and attention views each must draw at least:
+# chapter 2 (attention views and plotly figures) and chapter 5 (plotly figures, SAE training).
+CHAPTERS = {"02_induction_heads": (3, 2), "05_sparse_autoencoders": (6, 0)}
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 # The chapter's training runs are cut to this many steps (COURSE_DEMO_STEPS): what is measured
@@ -179,21 +181,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def prepare_chapter(dest: Path) -> Path:
-    """A copy of chapter 2 to open (the original is only read)."""
-    path = dest / CHAPTER.name
-    shutil.copy(CHAPTER, path)
+def prepare_chapter(dest: Path, name: str) -> Path:
+    """A copy of a solution notebook to open (the original is only read)."""
+    path = dest / f"{name}.ipynb"
+    shutil.copy(ROOT / "solutions" / path.name, path)
     return path
 
 
+@pytest.fixture(params=list(CHAPTERS))
+def chapter(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def jupyterlab(tmp_path):
+def jupyterlab(tmp_path, chapter):
     """(base URL, token, log reader) of a JupyterLab server whose root is a temporary folder
-    holding a copy of chapter 2; its settings, runtime files and kernels' history stay there too."""
+    holding a copy of the chapter; its settings, runtime files and kernels' history stay there too."""
     _require_browser()
     root = tmp_path / "notebooks"
     root.mkdir()
-    prepare_chapter(root)
+    prepare_chapter(root, chapter)
     state = tmp_path / "jupyter"
     settings = state / "lab-settings"
     # Draw every cell (JupyterLab 4 otherwise skips laying out cells far off screen), no news pop-ups.
@@ -276,10 +283,11 @@ return {kernel: kernel ? kernel.status : null, cells: cells.length,
 
 
 @pytest.mark.timeout(1800)
-def test_chapter_2_draws_attention_views_and_figures_in_jupyterlab(browser, jupyterlab, tmp_path):
+def test_chapter_draws_its_figures_and_attention_views_in_jupyterlab(browser, jupyterlab, chapter, tmp_path):
     base, token, server_log = jupyterlab
+    min_plots, min_views = CHAPTERS[chapter]
     started = time.monotonic()
-    browser.get(f"{base}/lab/tree/{CHAPTER.name}?token={token}")
+    browser.get(f"{base}/lab/tree/{chapter}.ipynb?token={token}")
 
     def state():
         return browser.execute_script(NOTEBOOK_STATE_JS)
@@ -322,13 +330,13 @@ def test_chapter_2_draws_attention_views_and_figures_in_jupyterlab(browser, jupy
     # Give asynchronous renderers (React, plotly) a moment, then measure what is drawn.
     def all_there():
         m = browser.execute_script(MEASURE_JS)
-        return m if len(m["plots"]) >= 3 and len(m["views"]) >= 2 else json.dumps(m)
+        return m if len(m["plots"]) >= min_plots and len(m["views"]) >= min_views else json.dumps(m)
 
     measured = wait_for(browser, "the figures and views to appear", all_there, 60)
     for item in measured["plots"] + measured["views"]:
         print(json.dumps(item))
     save_screenshots(browser, measured, tmp_path / "screenshots", "jupyterlab")
-    check_drawn(browser, measured, min_plots=3, min_views=2)
+    check_drawn(browser, measured, min_plots=min_plots, min_views=min_views)
 
 
 @pytest.mark.timeout(600)
