@@ -114,6 +114,36 @@ def test_training_follows_demo_steps(monkeypatch, capsys):
     assert "tiny SAE trains for 7 of its 100 steps" in capsys.readouterr().out
 
 
+def test_hierarchical_data_keeps_its_hierarchy():
+    data = sl.HierarchicalFeatures()
+    x, f = data.sample(20_000)
+    torch.testing.assert_close(x, f @ data.directions)
+    for p in range(data.n_parents):
+        kids = f[:, data.child_ids(p)] > 0
+        assert ((f[:, p] > 0) | ~kids.any(-1)).all()  # a child implies its parent
+        alone = (f[:, p] > 0) & ~kids.any(-1)
+        assert 0.02 < alone.float().mean() < 0.04 and kids.any(-1).float().mean() > 0.15
+        assert set(f[:, [p, *data.child_ids(p)]].unique().tolist()) == {0.0, 1.0}
+    assert set(data.child_ids(1)) == {8, 9, 10, 11}
+
+
+def test_clustered_data_has_one_sub_feature_per_active_family():
+    data = sl.ClusteredFeatures()
+    x, f = data.sample(20_000)
+    active = (f > 0).reshape(-1, data.n_clusters, data.per_cluster).sum(-1)
+    assert active.max() == 1 and abs(active.sum(-1).float().mean().item() - 3.0) < 0.1
+    cos = (data.directions * data.centres.repeat_interleave(data.per_cluster, 0)).sum(-1)
+    assert 0.6 < cos.mean() < 0.8
+
+
+def test_absorption_rate_counts_only_inputs_with_parent_and_child():
+    f_parent = torch.tensor([0.0, 0.0, 1.0, 0.0, 2.0, 0.0])
+    parent = torch.tensor([True, True, True, True, True, False])
+    child = torch.tensor([[True, False], [False, False], [False, True], [True, True], [False, True], [False, False]])
+    # inputs 0, 2, 3, 4 have parent and a child; the parent latent is silent on 0 and 3
+    assert sl.absorption_rate(f_parent, parent, child).item() == pytest.approx(0.5)
+
+
 # ---- slow: the chapter's numbers --------------------------------------------------------------
 
 
@@ -175,7 +205,47 @@ def test_jumprelu_penalty_sweep_shows_both_failure_modes():
     assert high["recall"] < mid["recall"] - 0.1, rows
 
 
-# ---- the shipped SAE on course_lm (sections 5-7) ---------------------------------------------
+# ---- section 5: width, splitting, absorption -------------------------------------------------
+
+
+@pytest.mark.slow
+def test_width_too_narrow_blends_and_too_wide_leaves_latents_dead():
+    """Section 5's prose: 64 latents recover about 35 % with FVU near 0.34 and blended latents that
+    fire on about 8 % of inputs; 128 recover every feature; 512 match each feature with exactly one
+    latent, about a quarter dead and the rest firing on about 0.04 % of inputs."""
+    narrow, exact, wide = sl.width_experiment(widths=(64, 128, 512), progress=False)
+    assert 0.25 < narrow["recovered"] < 0.45 and 0.28 < narrow["fvu"] < 0.4, narrow
+    assert narrow["unmatched_live"] > 0 and 0.04 < narrow["unmatched_fire_rate"] < 0.15, narrow
+    assert exact["recovered"] >= 0.95 and exact["dead"] == 0, exact
+    assert wide["recovered"] >= 0.95 and wide["matched_latents"] == 128, wide
+    assert 0.15 < wide["dead"] < 0.35 and wide["unmatched_fire_rate"] < 0.002, wide
+
+
+@pytest.mark.slow
+def test_wider_saes_split_feature_families():
+    """Section 5's prose: 16 latents, one per family, almost no sub-feature; 64, about 80 % of
+    sub-features; 256, every sub-feature and many dead latents."""
+    narrow, mid, wide = sl.splitting_experiment(widths=(16, 64, 256), progress=False)
+    assert narrow["live_per_family"] == pytest.approx(1.0) and narrow["sub_recovered"] < 0.15, narrow
+    assert narrow["centre_mmcs"] > narrow["sub_mmcs"], narrow
+    assert 0.65 < mid["sub_recovered"] < 0.92, mid
+    assert wide["sub_recovered"] >= 0.95 and wide["dead"] > 0.25, wide
+
+
+@pytest.mark.slow
+def test_tight_topk_absorbs_parents_and_loose_topk_does_not():
+    """Section 5's prose: at k 5 the parent latent is silent on about two thirds of the inputs
+    with a child, fires on most where the parent is alone, and the children's latents lean
+    towards the parent (about 0.55 against 0.15 for the true directions); at k 8 absorption is
+    under 10 % with L0 above the truth."""
+    tight, loose = sl.absorption_experiment(ks=(5, 8), progress=False)
+    assert 0.5 < tight["absorption"] < 0.8 and tight["recall_alone"] > 0.6, tight
+    assert 0.45 < tight["child_lean"] < 0.65 and 0.1 < tight["parent_child_cosine"] < 0.2, tight
+    assert loose["absorption"] < 0.1 and loose["l0"] > 6 and loose["recall_alone"] > 0.9, loose
+    assert loose["child_lean"] < tight["child_lean"] - 0.2
+
+
+# ---- the shipped SAE on course_lm (sections 6-8) ---------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +263,7 @@ def lm_eval():
 
 @pytest.mark.slow
 def test_shipped_lm_sae_reconstructs_and_keeps_the_loss(lm_eval):
-    """Issue acceptance and section 5's prose: L0 16, FVU about 0.02 (<= 0.2), about 1 % dead
+    """Issue acceptance and section 6's prose: L0 16, FVU about 0.02 (<= 0.2), about 1 % dead
     (<= 5 %), CE loss recovered about 0.998 (>= 0.95) against zero ablation."""
     lm, sae, tokens, _, acts = lm_eval
     m = sl.evaluate(sae, acts)
@@ -208,7 +278,7 @@ def test_shipped_lm_sae_reconstructs_and_keeps_the_loss(lm_eval):
 
 @pytest.mark.slow
 def test_shipped_lm_sae_latents_match_ground_truth(lm_eval):
-    """Section 6's prose: over 60 distinct latents match an annotation at AUROC >= 0.9, at
+    """Section 7's prose: over 60 distinct latents match an annotation at AUROC >= 0.9, at
     least 6 of them beyond one word's identity, including the IOI answer, the word after 'said'
     and a quotation mark; 'inside a quotation' and 'first mention' have no such latent."""
     _, sae, tokens, infos, acts = lm_eval
@@ -248,7 +318,7 @@ def test_auroc_matrix_agrees_with_auroc():
 
 @pytest.mark.slow
 def test_steering_with_the_mary_latent_beats_difference_of_means(lm_eval):
-    """Section 7's prose: Mary in about 10 % of 100 stories unsteered, over 80 % at alpha 4
+    """Section 8's prose: Mary in about 10 % of 100 stories unsteered, over 80 % at alpha 4
     for a cost of a few tenths of a nat; a difference-of-means vector of the same norm does
     much less at alpha 4; at alpha 8 (nearly) every story says Mary."""
     from utils.corpus import VOCAB, token_dataset

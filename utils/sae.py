@@ -624,6 +624,148 @@ def jumprelu_sweep(coefficients=(0.003, 0.03, 3.0), steps: int = 800, progress: 
     return rows
 
 
+# ---- Width, feature splitting and absorption (section 5) --------------------------------------
+class ClusteredFeatures:
+    """Features that come in families: ``n_clusters`` centre directions, each with
+    ``per_cluster`` sub-features pointing near it (cosine about 0.7 with their centre). When a
+    family is active (probability ``l0 / n_clusters``) exactly one of its sub-features is, with a
+    magnitude in U[0.25, 1]. A narrow SAE can afford one latent per family; a wider one can split
+    it into one latent per sub-feature (feature splitting, Bricken et al. 2023)."""
+
+    def __init__(self, n_clusters: int = 16, per_cluster: int = 4, d: int = 32, l0: float = 3.0,
+                 spread: float = 1.0, seed: int = 0):
+        self.n_clusters, self.per_cluster, self.d, self.l0 = n_clusters, per_cluster, d, l0
+        self.gen = torch.Generator().manual_seed(seed)
+        self.centres = normalized_rows(torch.randn(n_clusters, d, generator=self.gen))
+        noise = spread * torch.randn(n_clusters * per_cluster, d, generator=self.gen) / d ** 0.5
+        self.directions = normalized_rows(self.centres.repeat_interleave(per_cluster, 0) + noise)
+
+    def sample(self, n: int) -> tuple[Tensor, Tensor]:
+        """(x [n, d], true sub-feature magnitudes [n, n_clusters * per_cluster])."""
+        active = torch.rand(n, self.n_clusters, generator=self.gen) < self.l0 / self.n_clusters
+        which = torch.randint(0, self.per_cluster, (n, self.n_clusters), generator=self.gen)
+        magnitude = 0.25 + 0.75 * torch.rand(n, self.n_clusters, generator=self.gen)
+        f = torch.zeros(n, self.n_clusters * self.per_cluster)
+        f.scatter_(1, torch.arange(self.n_clusters) * self.per_cluster + which, active * magnitude)
+        return f @ self.directions, f
+
+
+class HierarchicalFeatures:
+    """The default synthetic data (128 features in 32 dimensions) where the first ``n_parents``
+    features are *parents* and the next ``n_parents * children`` their *children*: a child is
+    present with probability ``p_child`` and implies its parent ("a dog" implies "an animal"); a
+    parent is also present on its own with probability ``p_parent``. Parents and children have
+    magnitude 1. The setting of feature absorption (Chanin et al. 2024)."""
+
+    def __init__(self, n_parents: int = 4, children: int = 4, p_parent: float = 0.03, p_child: float = 0.05,
+                 cfg: FeatureDataConfig = FeatureDataConfig()):
+        self.cfg, self.n_parents, self.children = cfg, n_parents, children
+        self.p_parent, self.p_child = p_parent, p_child
+        self.base = SyntheticFeatures(cfg)
+        self.gen = self.base.gen
+        self.directions = self.base.directions
+
+    def child_ids(self, parent: int) -> list[int]:
+        start = self.n_parents + parent * self.children
+        return list(range(start, start + self.children))
+
+    def sample(self, n: int) -> tuple[Tensor, Tensor]:
+        c, P, C = self.cfg, self.n_parents, self.n_parents * self.children
+        present = torch.rand(n, c.n_features, generator=self.gen) < c.l0 / c.n_features
+        present[:, :P] = torch.rand(n, P, generator=self.gen) < self.p_parent
+        present[:, P : P + C] = torch.rand(n, C, generator=self.gen) < self.p_child
+        present[:, :P] |= present[:, P : P + C].reshape(n, P, self.children).any(-1)  # a child implies its parent
+        magnitude = c.min_magnitude + (1 - c.min_magnitude) * torch.rand(n, c.n_features, generator=self.gen)
+        magnitude[:, : P + C] = 1.0
+        f = present * magnitude
+        return f @ self.directions, f
+
+
+def absorption_rate(f_parent: Tensor, parent_present: Tensor, child_present: Tensor) -> Tensor:
+    """How often the parent's latent stays silent when it should fire because a child is there:
+    among inputs where the parent and at least one of its children are present, the fraction on
+    which ``f_parent`` (the parent latent's activation, [n]) is zero. ``child_present``: [n,
+    children] bool."""
+    both = parent_present & child_present.any(-1)
+    return (f_parent[both] == 0).float().mean()
+
+
+def width_experiment(widths=(64, 128, 512), k: int = 4, steps: int = 800, progress: bool = True) -> list[dict]:
+    """TopK SAEs of several widths on the default data (128 true features): too narrow cannot
+    hold every feature; wider than the truth leaves the extra latents dead or nearly idle.
+    Besides ``synthetic_sae``'s metrics: ``matched_latents`` (live latents within cosine 0.9 of
+    a true feature), ``unmatched_live`` and their mean firing rate."""
+    data = SyntheticFeatures(FeatureDataConfig())
+    rows = []
+    for w in widths:
+        sae, m = synthetic_sae("topk", data, d_sae=w, k=k, steps=steps, progress=progress, desc=f"TopK, {w} latents")
+        x, _ = data.sample(8192)
+        with torch.no_grad():
+            fires = (sae.encode(x) != 0).float().mean(0)  # [d_sae]: how often each latent fires
+            matched = (normalized_rows(sae.W_dec) @ data.directions.T).max(-1).values > 0.9
+        live_unmatched = (fires > 0) & ~matched
+        rows.append({"width": w, **m, "matched_latents": int((matched & (fires > 0)).sum()),
+                     "unmatched_live": int(live_unmatched.sum()),
+                     "unmatched_fire_rate": fires[live_unmatched].mean().item() if live_unmatched.any() else 0.0})
+    return rows
+
+
+def splitting_experiment(widths=(16, 64, 256), k: int = 3, steps: int = 800, progress: bool = True) -> list[dict]:
+    """TopK SAEs of several widths on ``ClusteredFeatures`` (16 families of 4 sub-features). For
+    each: the sub-features recovered (max cosine > 0.9), the mean max cosine of the family
+    centres and of the sub-features, the dead fraction, and the live latents per family."""
+    data = ClusteredFeatures()
+    rows = []
+    for w in widths:
+        sae = make_sae(SAEConfig(d_in=data.d, d_sae=w, architecture="topk", k=k))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            train_sae(sae, lambda n: data.sample(n)[0], steps=steps, progress=progress, desc=f"TopK, {w} latents")
+        finally:
+            torch.set_num_threads(threads)
+        x, _ = data.sample(8192)
+        with torch.no_grad():
+            f = sae.encode(x)
+            rows.append({"width": w, "fvu": fvu(x, sae.decode(f)).item(), "dead": dead_fraction(f).item(),
+                         "centre_mmcs": mmcs(sae.W_dec, data.centres).item(),
+                         "sub_mmcs": mmcs(sae.W_dec, data.directions).item(),
+                         "sub_recovered": fraction_recovered(sae.W_dec, data.directions).item(),
+                         "live_per_family": (f != 0).any(0).sum().item() / data.n_clusters})
+    return rows
+
+
+def absorption_experiment(ks=(5, 8), steps: int = 800, progress: bool = True) -> list[dict]:
+    """TopK SAEs on ``HierarchicalFeatures`` at several k. For each parent, its latent (the
+    decoder row closest to its direction) and its children's latents; averaged over parents:
+    ``recall_alone`` (the parent latent fires when the parent is present without a child),
+    ``absorption`` (``absorption_rate``: silent when a child is present), and ``child_lean``
+    (the cosine of the children's latents with the *parent's* direction: an absorbing child
+    latent has taken in part of its parent)."""
+    data = HierarchicalFeatures()
+    rows = []
+    for k in ks:
+        sae, m = synthetic_sae("topk", data, d_sae=128, k=k, steps=steps, progress=progress, desc=f"TopK k {k}")
+        x, true_f = data.sample(16384)
+        with torch.no_grad():
+            f = sae.encode(x)
+            dec = normalized_rows(sae.W_dec)
+            nearest = (data.directions @ dec.T).argmax(-1)  # each true feature's latent
+            alone, absorbed, lean = [], [], []
+            for p in range(data.n_parents):
+                kids = data.child_ids(p)
+                fp, parent = f[:, nearest[p]], true_f[:, p] > 0
+                child = true_f[:, kids] > 0
+                alone.append((fp[parent & ~child.any(-1)] != 0).float().mean().item())
+                absorbed.append(absorption_rate(fp, parent, child).item())
+                lean += (dec[nearest[kids]] @ data.directions[p]).tolist()
+        rows.append({"k": k, "l0": m["l0"], "fvu": m["fvu"], "recall_alone": sum(alone) / len(alone),
+                     "absorption": sum(absorbed) / len(absorbed), "child_lean": sum(lean) / len(lean),
+                     "parent_child_cosine": (data.directions[data.n_parents : data.n_parents * (1 + data.children)]
+                                             @ data.directions[: data.n_parents].T).abs().mean().item()})
+    return rows
+
+
 # ---- SAEs on the course language model ------------------------------------------------------
 LM_HOOK = "blocks.1.hook_resid_post"  # the residual stream after the last block
 LM_TRAIN_SEED, LM_EVAL_SEED = 1, 2  # course_lm itself was trained on token_dataset(..., seed=0)

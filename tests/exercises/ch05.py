@@ -556,6 +556,50 @@ def gated_no_b_dec(x, W_gate, b_gate, r_mag, b_mag, b_dec):
     return ref.gated_encode(x, W_gate, b_gate, r_mag, b_mag, torch.zeros_like(b_dec))
 
 
+# ---- 15b. absorption_rate ---------------------------------------------------------------------
+def run_absorption_rate(impl, ctx):
+    """A parent latent that fires on most inputs where its parent is alone, on fewer where a child
+    is present too; children present on their own rows (two at once on some), each implying the
+    parent; some inputs with neither."""
+    c = ctx.case
+    n, kids = c["n"], c["children"]
+    child = _rand(ctx, n, kids) < c["p_child"]
+    parent = (_rand(ctx, n) < 0.3) | child.any(-1)
+    with_child = child.any(-1)
+    fire_p = torch.where(with_child, torch.full((n,), 0.35), torch.where(parent, torch.full((n,), 0.85), torch.full((n,), 0.1)))
+    f_parent = (_rand(ctx, n) < fire_p) * (0.2 + _rand(ctx, n))
+    return {"absorption rate": _scalar(ctx.call(impl, f_parent, parent, child), "absorption_rate's result")}
+
+
+def absorb_firing(f_parent, parent_present, child_present):
+    both = parent_present & child_present.any(-1)
+    return (f_parent[both] != 0).float().mean()
+
+
+def absorb_all_parent_inputs(f_parent, parent_present, child_present):
+    return (f_parent[parent_present] == 0).float().mean()
+
+
+def absorb_first_child(f_parent, parent_present, child_present):
+    both = parent_present & child_present[:, 0]
+    return (f_parent[both] == 0).float().mean()
+
+
+def absorb_every_child(f_parent, parent_present, child_present):
+    both = parent_present & child_present.all(-1)
+    return (f_parent[both] == 0).float().mean() if both.any() else torch.tensor(0.0)
+
+
+def absorb_over_all_inputs(f_parent, parent_present, child_present):
+    both = parent_present & child_present.any(-1)
+    return ((f_parent == 0) & both).float().mean()
+
+
+def absorb_parent_alone(f_parent, parent_present, child_present):
+    alone = parent_present & ~child_present.any(-1)
+    return (f_parent[alone] == 0).float().mean()
+
+
 # ---- 16. auroc --------------------------------------------------------------------------------
 def run_auroc(impl, ctx):
     c = ctx.case
@@ -908,6 +952,31 @@ EXERCISES = [
             Mistake("b_dec not subtracted", "both paths read x - b_dec, as in the ReLU SAE's encoder.", gated_no_b_dec),
         ],
         stuck="c = x - b_dec; gate = (c @ W_gate + b_gate) > 0; mag = F.relu(c @ (W_gate * r_mag.exp()) + b_mag); return gate * mag.",
+    ),
+    Exercise(
+        name="absorption_rate", title="absorption_rate", reference=ref.absorption_rate, run=run_absorption_rate,
+        kind="function",
+        cases=[dict(seed=611, n=60, children=3, p_child=0.2,
+                    describe="60 inputs, 3 children (sometimes two at once), the parent also present alone on some inputs"),
+               dict(seed=612, n=45, children=2, p_child=0.3,
+                    describe="45 inputs, 2 children (sometimes both), the parent also present alone on some inputs")],
+        hidden_cases=[dict(seed=0, n=200, children=4, p_child=0.1), dict(seed=0, n=30, children=1, p_child=0.4)],
+        mistakes=[
+            Mistake("firing rate", "absorption is how often the parent latent is *silent* (f_parent == 0) when a child is present, "
+                    "not how often it fires.", absorb_firing),
+            Mistake("every parent input", "count only the inputs where a child is present too "
+                    "(parent_present & child_present.any(-1)); where the parent is alone there is nothing to absorb it.",
+                    absorb_all_parent_inputs),
+            Mistake("first child only", "any child can absorb the parent: child_present.any(-1) over all the children, "
+                    "not child_present[:, 0].", absorb_first_child),
+            Mistake("all children at once", "one child is enough: child_present.any(-1), not .all(-1) (which asks for every "
+                    "child at once).", absorb_every_child),
+            Mistake("fraction of all inputs", "divide by the number of inputs where parent and child are present "
+                    "(index f_parent with that mask, then .mean()), not by every input.", absorb_over_all_inputs),
+            Mistake("parent alone", "that is the parent latent's miss rate when the parent is *alone*; absorption is measured "
+                    "where a child is present too.", absorb_parent_alone),
+        ],
+        stuck="both = parent_present & child_present.any(-1); (f_parent[both] == 0).float().mean().",
     ),
     Exercise(
         name="auroc", title="auroc", reference=ref.auroc, run=run_auroc, kind="function",
