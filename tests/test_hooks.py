@@ -243,3 +243,41 @@ def test_activation_cache_shortcuts(model, tokens):
     assert cache["pattern", 0].shape == (2, CFG.n_heads, 9, 9)
     with pytest.raises(KeyError):
         cache["resid_post", 5]
+
+
+def test_activation_cache_follows_transformer_lens_conventions(model, tokens):
+    """Negative layers, the short names TransformerLens accepts, and a KeyError that names the
+    full name and the nearest ones (tests/test_interop.py compares them with TransformerLens)."""
+    from utils.hooks import act_name
+
+    _, cache = model.run_with_cache(tokens)
+    last = CFG.n_layers - 1
+    assert cache["resid_post", -1] is cache[f"blocks.{last}.hook_resid_post"]
+    assert cache["attn", 0] is cache["blocks.0.attn.hook_pattern"]
+    assert cache["scale", 0, "ln1"] is cache["blocks.0.ln1.hook_scale"]
+    assert cache["scale"] is cache["ln_final.hook_scale"] and cache["embed"] is cache["hook_embed"]
+    assert cache["k1"] is cache["blocks.1.attn.hook_k"] and cache["scale0ln2"] is cache["blocks.0.ln2.hook_scale"]
+    assert ("resid_post", -1) in cache and ("resid_post", 7) not in cache and "embed" in cache
+    assert act_name("normalized", 3, "ln2") == "blocks.3.ln2.hook_normalized"
+    assert act_name("mlp_post", 2) == "blocks.2.mlp.hook_post" and act_name("blocks.0.hook_resid_pre") == "blocks.0.hook_resid_pre"
+    with pytest.raises(KeyError, match="blocks.0.hook_resid_mdi.*did you mean 'blocks.0.hook_resid_mid'"):
+        cache["resid_mdi", 0]
+    with pytest.raises(ValueError, match="run_with_cache"):
+        ActivationCache(dict(cache)).decompose_resid()
+
+
+def test_decompositions_add_up_to_the_residual_stream(model, tokens):
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens)
+    stack, labels = cache.decompose_resid(return_labels=True)
+    assert labels == ["embed", "pos_embed"] + [f"{l}_{p}_out" for l in range(CFG.n_layers) for p in ("attn", "mlp")]
+    torch.testing.assert_close(stack.sum(0), cache["resid_post", -1], atol=1e-5, rtol=0)
+    heads = cache.stack_head_results(layer=1)
+    b_O = model.blocks[0].attn.b_O
+    torch.testing.assert_close(heads.sum(0) + b_O, cache["attn_out", 0], atol=1e-5, rtol=0)
+    # direct logit attribution: components + LayerNorm bias + b_U = the logits
+    t = tokens[:, -1]
+    attrs = cache.logit_attrs(stack, t[:, None].expand(-1, tokens.shape[1]))
+    const = model.ln_final.b @ model.unembed.W_U[:, t] + model.unembed.b_U[t]
+    torch.testing.assert_close(attrs.sum(0) + const[:, None], logits.gather(-1, t[:, None, None].expand(-1, tokens.shape[1], 1))[..., 0],
+                               atol=1e-4, rtol=0)

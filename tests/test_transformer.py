@@ -135,7 +135,10 @@ def test_intermediate_activations_match_hf_gpt2(gpt2_pair):
     # hidden_states: the embeddings, the output of each block but the last, then ln_f's output.
     assert close(out.hidden_states[0], cache["blocks.0.hook_resid_pre"])
     assert close(out.hidden_states[1], cache["blocks.0.hook_resid_post"])
-    assert close(out.hidden_states[-1], cache["ln_final.hook_normalized"])
+    assert close(out.hidden_states[-1], cache["unembed.hook_in"])
+    # hook_normalized is LayerNorm's output before its gain and bias (TransformerLens's meaning)
+    assert close(out.hidden_states[-1], cache["ln_final.hook_normalized"] * ours.ln_final.w + ours.ln_final.b)
+    assert not close(out.hidden_states[-1], cache["ln_final.hook_normalized"])
     for l in range(cfg.n_layers):
         assert close(block_out[l], cache["resid_post", l])
         assert close(mlp_out[l], cache["mlp_out", l])
@@ -325,7 +328,8 @@ def expected_hook_shapes(cfg: Config, batch: int, pos: int) -> dict[str, tuple[i
             b + "hook_mlp_out": (batch, pos, m),
             b + "hook_resid_post": (batch, pos, m),
         }
-    shapes |= {"ln_final.hook_scale": (batch, pos, 1), "ln_final.hook_normalized": (batch, pos, m)}
+    shapes |= {"ln_final.hook_scale": (batch, pos, 1), "ln_final.hook_normalized": (batch, pos, m),
+               "unembed.hook_in": (batch, pos, m), "unembed.hook_out": (batch, pos, cfg.d_vocab)}
     return shapes
 
 
@@ -359,5 +363,26 @@ def test_residual_stream_is_sum_of_components():
     assert final.abs().max() > 1  # non-trivial
     assert (total - final).abs().max() < 1e-5
     # and the logits are the unembedded final LayerNorm output
-    unembedded = cache["ln_final.hook_normalized"] @ model.unembed.W_U + model.unembed.b_U
+    ln_out = cache["ln_final.hook_normalized"] * model.ln_final.w + model.ln_final.b
+    assert (ln_out - cache["unembed.hook_in"]).abs().max() < 1e-6
+    unembedded = ln_out @ model.unembed.W_U + model.unembed.b_U
     assert (unembedded - logits).abs().max() < 1e-5
+    assert torch.equal(cache["unembed.hook_out"], logits)
+
+
+def test_generate_slides_past_the_context_length():
+    """Asked for more tokens than n_ctx leaves room for, generate gives them all: past n_ctx
+    each token is predicted from the last n_ctx tokens, the same with or without the KV cache."""
+    from utils.sampling import generate
+
+    cfg = SMALL.replace(n_ctx=12)
+    model = randomised(cfg).eval()
+    prompt = random_tokens(cfg, 2, 5)
+    cached = generate(model, prompt, 30, temperature=0)
+    plain = generate(model, prompt, 30, temperature=0, use_cache=False)
+    assert cached.shape == (2, 35) and torch.equal(cached, plain)
+    assert torch.equal(cached[:, :5], prompt)
+    with torch.no_grad():  # the token after position 20 is the greedy choice given positions 9..20
+        assert torch.equal(cached[:, 21], model(cached[:, 9:21])[:, -1].argmax(-1))
+    long_prompt = random_tokens(cfg, 1, 20)[0]
+    assert generate(model, long_prompt, 3, temperature=0).shape == (23,)

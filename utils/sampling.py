@@ -73,10 +73,18 @@ def generate(
     use_cache: bool = True,
     stop_token: int | None = None,
 ) -> Tensor:
-    """Extend ``tokens`` ([batch, pos] or [pos]) by up to ``max_new_tokens`` sampled tokens.
+    """Extend ``tokens`` ([batch, pos] or [pos]) by ``max_new_tokens`` sampled tokens (fewer
+    only if every sequence has just sampled ``stop_token``).
 
     temperature=0 means greedy. With ``use_cache`` the prompt is processed once and every
     later step feeds a single token, reusing cached keys and values (toolkit models only).
+
+    Past the model's context length (``model.cfg.n_ctx``) the window slides: each new token is
+    predicted from the last ``n_ctx`` tokens only, recomputed without the cache (learned
+    positional embeddings cannot be shifted, so cached keys cannot be reused). Earlier tokens,
+    the ``<bos>`` among them, stay in the returned sequence but the model no longer sees them,
+    so text far past ``n_ctx`` drifts from what the model was trained on. A prompt longer than
+    ``n_ctx`` is read from its last ``n_ctx`` tokens in the same way.
     """
     squeeze = tokens.ndim == 1
     tokens = tokens[None] if squeeze else tokens
@@ -84,9 +92,12 @@ def generate(
     cache = KVCache(model.cfg.n_layers) if use_cache else None
     next_input = tokens
     for _ in range(max_new_tokens):
-        if tokens.shape[1] >= n_ctx:
-            break
-        logits = model(next_input, kv_cache=cache)[:, -1] if use_cache else model(tokens[:, -n_ctx:])[:, -1]
+        if tokens.shape[1] >= n_ctx:  # the window is full: slide it, without the cache
+            cache = None
+        if cache is not None:
+            logits = model(next_input, kv_cache=cache)[:, -1]
+        else:
+            logits = model(tokens[:, -n_ctx:])[:, -1]
         if temperature == 0:
             new = sample_greedy(logits)
         elif top_k is not None:

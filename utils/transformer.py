@@ -23,7 +23,7 @@ blocks.l.mlp.b_in   [d_mlp]                              h.l.mlp.c_fc.bias
 blocks.l.mlp.W_out  [d_mlp, d_model]                     h.l.mlp.c_proj.weight
 blocks.l.mlp.b_out  [d_model]                            h.l.mlp.c_proj.bias
 ln_final.w/b        [d_model]                            ln_f.weight/bias
-unembed.W_U         [d_model, d_vocab]                   wte.weight.T (GPT-2 ties them)
+unembed.W_U         [d_model, d_vocab]                   lm_head.weight.T (= wte.weight.T: tied)
 unembed.b_U         [d_vocab]                            zeros
 ==================  ===================================  ==============================
 
@@ -85,6 +85,8 @@ def gelu_new(x: Tensor) -> Tensor:
 
 
 ACTIVATIONS = {"gelu_new": gelu_new, "gelu": F.gelu, "relu": F.relu}
+# Hugging Face GPT-2's ``activation_function`` names for ours ("gelu" is exact erf-GELU in both).
+_HF_ACTIVATIONS = {"gelu_new": "gelu_new", "gelu": "gelu", "relu": "relu"}
 
 
 class Embed(nn.Module):
@@ -116,14 +118,16 @@ class LayerNorm(nn.Module):
         self.w = nn.Parameter(torch.ones(cfg.d_model))
         self.b = nn.Parameter(torch.zeros(cfg.d_model))
         self.hook_scale = HookPoint()  # [batch, pos, 1]: the per-token divisor
-        self.hook_normalized = HookPoint()  # [batch, pos, d_model]
+        self.hook_normalized = HookPoint()  # [batch, pos, d_model]: centred and scaled, before w and b
 
     def forward(self, x: Tensor) -> Tensor:
         x = x - x.mean(-1, keepdim=True)
         # The *biased* variance (divide by d_model, not d_model - 1), as GPT-2 and PyTorch do.
         # eps goes inside the square root so an all-constant vector never divides by zero.
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale * self.w + self.b)
+        # hook_normalized records the activation *before* the gain and bias, as TransformerLens
+        # does, so caches and patches at this name mean the same thing in both libraries.
+        return self.hook_normalized(x / scale) * self.w + self.b
 
 
 class Attention(nn.Module):
@@ -223,9 +227,11 @@ class Unembed(nn.Module):
         super().__init__()
         self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
+        self.hook_in = HookPoint()  # [batch, pos, d_model]: the final residual, after ln_final
+        self.hook_out = HookPoint()  # [batch, pos, d_vocab]: the logits
 
     def forward(self, x: Tensor) -> Tensor:
-        return x @ self.W_U + self.b_U
+        return self.hook_out(self.hook_in(x) @ self.W_U + self.b_U)
 
 
 class Transformer(HookedRootModule):
@@ -291,9 +297,11 @@ class Transformer(HookedRootModule):
     # ---- GPT-2 weights --------------------------------------------------------------------
     @classmethod
     def from_gpt2_state_dict(cls, sd: dict[str, Tensor], cfg: Config) -> "Transformer":
-        """Build a model from a Hugging Face ``GPT2LMHeadModel``/``GPT2Model`` state dict."""
-        model = cls(cfg)
-        model.load_state_dict(convert_gpt2_state_dict(sd, cfg))
+        """Build a model from a Hugging Face ``GPT2LMHeadModel``/``GPT2Model`` state dict, in the
+        state dict's own dtype (float64 stays float64) and on its device."""
+        converted = convert_gpt2_state_dict(sd, cfg)
+        model = cls(cfg).to(converted["embed.W_E"].dtype).to(converted["embed.W_E"].device)
+        model.load_state_dict(converted)
         return model
 
 
@@ -304,16 +312,32 @@ def lm_cross_entropy(logits: Tensor, tokens: Tensor) -> Tensor:
 
 
 def convert_gpt2_state_dict(sd: dict[str, Tensor], cfg: Config) -> dict[str, Tensor]:
-    """Map Hugging Face GPT-2 parameter names and layouts onto this file's (see the table above)."""
+    """Map Hugging Face GPT-2 parameter names and layouts onto this file's (see the table above).
+
+    The unembedding is ``lm_head.weight`` when the state dict has one (a ``GPT2LMHeadModel``;
+    equal to ``wte.weight`` when the two are tied, different when they are not), else the
+    embedding (a bare ``GPT2Model``, which GPT-2 ties). Dtypes are kept as they are."""
     sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
+    if cfg.normalization != "LN":
+        raise ValueError("Hugging Face's GPT-2 always has LayerNorm: convert into a config with normalization='LN'")
+    if cfg.act_fn not in _HF_ACTIVATIONS.values():
+        raise ValueError(f"act_fn {cfg.act_fn!r} has no Hugging Face GPT-2 equivalent")
+    missing = [k for k in ("wte.weight", "wpe.weight", "ln_f.weight") if k not in sd]
+    if missing:
+        raise KeyError(f"not a GPT-2 state dict: {missing} missing")
     h = cfg.n_heads
+    W_E = sd["wte.weight"]
+    W_U = sd["lm_head.weight"] if "lm_head.weight" in sd else W_E
+    if W_E.shape != (cfg.d_vocab, cfg.d_model) or W_U.shape != (cfg.d_vocab, cfg.d_model):
+        raise ValueError(f"the state dict's embedding is {tuple(W_E.shape)} (unembedding {tuple(W_U.shape)}); "
+                         f"the config asks for ({cfg.d_vocab}, {cfg.d_model})")
     out = {
-        "embed.W_E": sd["wte.weight"],
+        "embed.W_E": W_E,
         "pos_embed.W_pos": sd["wpe.weight"],
         "ln_final.w": sd["ln_f.weight"],
         "ln_final.b": sd["ln_f.bias"],
-        "unembed.W_U": sd["wte.weight"].T.contiguous(),
-        "unembed.b_U": torch.zeros(cfg.d_vocab),
+        "unembed.W_U": W_U.T.contiguous(),
+        "unembed.b_U": torch.zeros(cfg.d_vocab, dtype=W_U.dtype, device=W_U.device),
     }
     for l in range(cfg.n_layers):
         p = f"h.{l}."
