@@ -216,7 +216,7 @@ def per_token_loss(logits: Tensor, tokens: Tensor) -> Tensor:
 
 def record_induction_scores(model: Transformer, tokens: Tensor, half_len: int) -> Tensor:
     """[n_layers, n_heads] induction scores, computed by a hook on every attention pattern."""
-    scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, device=model.device, dtype=model.embed.W_E.dtype)
 
     def hook(pattern: Tensor, hook) -> None:
         layer = int(hook.name.split(".")[1])
@@ -253,7 +253,7 @@ def ov_circuit(model: Transformer, layer: int, head: int) -> tuple[Tensor, Tenso
 
 def top1_diagonal_fraction(M: Tensor) -> float:
     """Fraction of rows whose largest entry is on the diagonal."""
-    return (M.argmax(dim=-1) == torch.arange(M.shape[0])).float().mean().item()
+    return (M.argmax(dim=-1) == torch.arange(M.shape[0], device=M.device)).float().mean().item()
 
 
 def k_composed_qk_circuit(model: Transformer, prev_head: int, induction_head: int) -> tuple[Tensor, Tensor]:

@@ -55,7 +55,11 @@ def to_transformer_lens(model: Transformer):
             "TransformerLens 4 has no HookedTransformer: export with save_hf_gpt2 and load the folder "
             "with its TransformerBridge instead."
         ) from e
-    tl = HookedTransformer(HookedTransformerConfig(**transformer_lens_config(model)))
+    import warnings
+
+    with warnings.catch_warnings():  # 3.x announces its own removal in 4.0 (see the module notes)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tl = HookedTransformer(HookedTransformerConfig(**transformer_lens_config(model)))
     missing, unexpected = tl.load_state_dict(model.state_dict(), strict=False)
     # TransformerLens keeps two constant buffers per attention layer (the causal mask and the
     # value masked scores get); nothing else may be missing or left over.

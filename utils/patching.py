@@ -89,10 +89,10 @@ def symmetric_corruption(tokens: Tensor, io: Tensor, s: Tensor) -> Tensor:
     [batch, pos], [batch], [batch] -> [batch, pos]. Exactly one token per prompt changes, so the
     clean and corrupted runs stay aligned position by position."""
     is_s = tokens == s[:, None]  # [batch, pos]
-    positions = torch.arange(tokens.shape[1])
+    positions = torch.arange(tokens.shape[1], device=tokens.device)
     s2 = torch.where(is_s, positions, -1).max(-1).values  # the last mention of S
     out = tokens.clone()
-    out[torch.arange(len(tokens)), s2] = io
+    out[torch.arange(len(tokens), device=tokens.device), s2] = io
     return out
 
 
@@ -179,6 +179,11 @@ def normalised_ld_metric(model: Transformer, batch: IOIBatch) -> Metric:
 
 
 # ---- Activation patching --------------------------------------------------------------------
+def _results(model: Transformer, *shape: int) -> Tensor:
+    """A table for metric values, on the model's device and in its dtype (GPU, float64, meta)."""
+    return torch.zeros(shape, device=model.device, dtype=model.embed.W_E.dtype)
+
+
 def _runs(model: Transformer, clean: Tensor, corrupt: Tensor, direction: str, names) -> tuple[Tensor, dict]:
     """(tokens to run, activations to patch in) for ``direction``."""
     if direction not in ("denoise", "noise"):
@@ -196,7 +201,7 @@ def patch_residual(model: Transformer, clean: Tensor, corrupt: Tensor, metric: M
     other way round."""
     names = lambda n: n.endswith("hook_resid_pre")  # noqa: E731
     target, cache = _runs(model, clean, corrupt, direction, names)
-    out = torch.zeros(model.cfg.n_layers, clean.shape[1])
+    out = _results(model, model.cfg.n_layers, clean.shape[1])
     for layer in range(model.cfg.n_layers):
         for pos in range(clean.shape[1]):
             def hook(resid, hook, pos=pos):
@@ -220,7 +225,7 @@ def patch_block_outputs(model: Transformer, clean: Tensor, corrupt: Tensor, metr
     Components are ``block_names(model)``: attention output, then (unless attention-only) MLP output."""
     comps = block_names(model)
     target, cache = _runs(model, clean, corrupt, direction, lambda n: n.split(".")[-1] in {f"hook_{c}" for c in comps})
-    out = torch.zeros(len(comps), model.cfg.n_layers, clean.shape[1])
+    out = _results(model, len(comps), model.cfg.n_layers, clean.shape[1])
     for c, comp in enumerate(comps):
         for layer in range(model.cfg.n_layers):
             name = f"blocks.{layer}.hook_{comp}"
@@ -241,7 +246,7 @@ def patch_head_outputs(model: Transformer, clean: Tensor, corrupt: Tensor, metri
     ``direction="denoise"``: run corrupt, patch in clean (is this head enough to restore the
     behaviour?). ``"noise"``: run clean, patch in corrupt (does corrupting it break the behaviour?)."""
     target, cache = _runs(model, clean, corrupt, direction, lambda n: n.endswith("hook_z"))
-    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    out = _results(model, model.cfg.n_layers, model.cfg.n_heads)
     for layer in range(model.cfg.n_layers):
         for head in range(model.cfg.n_heads):
             def hook(z, hook, head=head):
@@ -257,7 +262,7 @@ def patch_head_outputs(model: Transformer, clean: Tensor, corrupt: Tensor, metri
 def patch_head_positions(model: Transformer, clean: Tensor, corrupt: Tensor, metric: Metric, direction: str = "denoise") -> Tensor:
     """[n_layers, n_heads, pos]: patch one head's output at one position."""
     target, cache = _runs(model, clean, corrupt, direction, lambda n: n.endswith("hook_z"))
-    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, clean.shape[1])
+    out = _results(model, model.cfg.n_layers, model.cfg.n_heads, clean.shape[1])
     for layer in range(model.cfg.n_layers):
         for head in range(model.cfg.n_heads):
             for pos in range(clean.shape[1]):
@@ -278,7 +283,7 @@ def patch_head_patterns(model: Transformer, clean: Tensor, corrupt: Tensor, metr
     the behaviour finds the right position in the clean run, and its values are the same in
     both runs (or do not matter)."""
     target, cache = _runs(model, clean, corrupt, direction, lambda n: n.endswith("hook_pattern"))
-    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    out = _results(model, model.cfg.n_layers, model.cfg.n_heads)
     for layer in range(model.cfg.n_layers):
         for head in range(model.cfg.n_heads):
             def hook(pattern, hook, head=head):
@@ -392,7 +397,7 @@ def circuit_logit_diff(model: Transformer, tokens: Tensor, io: Tensor, s: Tensor
 
     def ablate(z, hook):
         layer = int(hook.name.split(".")[1])
-        mask = torch.tensor([(layer, h) in keep for h in range(z.shape[2])])[None, None, :, None]
+        mask = torch.tensor([(layer, h) in keep for h in range(z.shape[2])], device=z.device)[None, None, :, None]
         return torch.where(mask, z, means[hook.name][None])
 
     with torch.no_grad():

@@ -440,7 +440,7 @@ def auroc(scores: Tensor, labels: Tensor) -> Tensor:
     order = scores.argsort()
     sorted_scores = scores[order]
     ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64, device=scores.device)
     # tied scores share the mean of their ranks
     unique, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
     ends = counts.cumsum(0).double()
@@ -547,8 +547,9 @@ def train_sae(sae: SAE, sample, steps: int = 2000, batch_size: int = 1024, lr: f
     start = time.perf_counter()
     sae.train()
     bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=0.5)
+    device, dtype = sae.W_dec.device, sae.W_dec.dtype
     for step in bar:
-        x = sample(batch_size)
+        x = sample(batch_size).to(device=device, dtype=dtype)
         out = sae.loss(x)
         optimizer.zero_grad()
         out["loss"].backward()
@@ -890,7 +891,7 @@ def auroc_matrix(scores: Tensor, labels: Tensor) -> Tensor:
     scores = scores.double()
     order = scores.argsort(dim=0)
     ranks = torch.empty_like(scores)
-    ranks.scatter_(0, order, torch.arange(1, n + 1, dtype=scores.dtype)[:, None].expand_as(scores).contiguous())
+    ranks.scatter_(0, order, torch.arange(1, n + 1, dtype=scores.dtype, device=scores.device)[:, None].expand_as(scores).contiguous())
     n_zero = (scores == 0).sum(0, keepdim=True).to(scores.dtype)
     ranks = torch.where(scores == 0, (n_zero + 1) / 2, ranks)
     lab = labels.to(scores.dtype)
@@ -936,12 +937,12 @@ def sample_with_hooks(model, n: int, length: int, fwd_hooks=(), seed: int = 0, t
     """``n`` samples of ``length`` tokens from <bos>, with ``fwd_hooks`` applied at every step
     (a steering hook, say): [n, length + 1], <bos> first. Seeded: every setting sees the same
     random numbers."""
-    gen = torch.Generator().manual_seed(seed)
-    tokens = torch.zeros(n, 1, dtype=torch.long)  # <bos> is id 0
+    gen = torch.Generator().manual_seed(seed)  # on the CPU: the same samples on every device
+    tokens = torch.zeros(n, 1, dtype=torch.long, device=model.device)  # <bos> is id 0
     for _ in range(length):
         logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))[:, -1]
-        probs = (logits / temperature).softmax(-1)
-        tokens = torch.cat([tokens, torch.multinomial(probs, 1, generator=gen)], 1)
+        probs = (logits.float() / temperature).softmax(-1).cpu()
+        tokens = torch.cat([tokens, torch.multinomial(probs, 1, generator=gen).to(tokens.device)], 1)
     return tokens
 
 

@@ -66,9 +66,17 @@ def generate_batch(n_batch: int, feature_probability: Tensor, n_features: int,
     independently, with a value drawn from U[0, 1] when present."""
     n_instances = feature_probability.shape[0]
     shape = (n_batch, n_instances, n_features)
-    values = torch.rand(shape, generator=generator)
-    present = torch.rand(shape, generator=generator) < feature_probability.reshape(n_instances, -1)
-    return values * present
+    # Drawn where the generator lives (the same numbers on every device), then moved to the
+    # probabilities' device and dtype.
+    where = generator.device if generator is not None else feature_probability.device
+    if where.type == "meta":
+        where = torch.device("cpu")
+    values = torch.rand(shape, generator=generator, device=where)
+    uniform = torch.rand(shape, generator=generator, device=where)
+    target = dict(device=feature_probability.device, dtype=feature_probability.dtype
+                  if feature_probability.is_floating_point() else torch.get_default_dtype())
+    present = uniform.to(**target) < feature_probability.reshape(n_instances, -1)
+    return values.to(**target) * present
 
 
 def importance_weighted_loss(out: Tensor, x: Tensor, importance: Tensor) -> Tensor:
@@ -150,7 +158,7 @@ def one_neuron_phase(W: Tensor, threshold: float = 0.5) -> Tensor:
     """For models with 2 features and 1 hidden dimension: [instances] phase codes.
     0: only feature 0 represented; 1: only feature 1; 2: both (superposition); -1: neither."""
     represented = W.abs()[:, 0, :] > threshold  # [instances, 2]
-    codes = torch.full((W.shape[0],), -1, dtype=torch.long)
+    codes = torch.full((W.shape[0],), -1, dtype=torch.long, device=W.device)
     codes[represented[:, 0] & ~represented[:, 1]] = 0
     codes[~represented[:, 0] & represented[:, 1]] = 1
     codes[represented[:, 0] & represented[:, 1]] = 2

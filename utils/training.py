@@ -81,8 +81,9 @@ def train(
     model.train()
     bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=0.5)
     stream = batches(data, batch_size, seed)
+    device = next(model.parameters()).device  # the data may stay on the CPU, batch by batch
     for step in bar:
-        loss = step_fn(model, optimizer, next(stream))
+        loss = step_fn(model, optimizer, next(stream).to(device))
         schedule.step()
         log.steps.append(step)
         log.losses.append(float(loss))
