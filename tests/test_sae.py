@@ -285,7 +285,7 @@ def test_shipped_lm_sae_latents_match_ground_truth(lm_eval):
     labels, kind = sl.annotations(tokens, infos)
     labels = {k: v[:, 1:].reshape(-1) for k, v in labels.items()}
     with torch.no_grad():
-        rows = sl.best_latents(sae.encode(acts), labels, kind)
+        rows = sl.best_latents(sl.encode_in_chunks(sae, acts), labels, kind)
     good = [r for r in rows if r["auroc"] >= 0.9]
     assert len({r["latent"] for r in good}) > 60
     beyond = {r["annotation"] for r in good if r["kind"] != "word"}
@@ -296,7 +296,9 @@ def test_shipped_lm_sae_latents_match_ground_truth(lm_eval):
     # the dashboards: the AUROC-best IOI-answer latent is broad, the F1-best one precise
     by_auroc = {r["annotation"]: r for r in rows}
     assert by_auroc["ioi_role=ANSWER"]["precision"] < 0.2 and by_auroc["ioi_role=ANSWER"]["auroc"] > 0.95
-    f = sae.encode(acts)
+    f = sl.encode_in_chunks(sae, acts)
+    with torch.no_grad():
+        torch.testing.assert_close(f[:1000], sae.encode(acts[:1000]))
     rate = lambda latent: (f[:, latent] > 0).float().mean().item()  # noqa: E731
     assert 0.1 < rate(by_auroc["ioi_role=ANSWER"]["latent"]) < 0.25
     assert 0.08 < rate(by_auroc["opening quote"]["latent"]) < 0.15 and 0.2 < rate(by_auroc["closing quote"]["latent"]) < 0.35

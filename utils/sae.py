@@ -492,19 +492,33 @@ def latent_precision_recall(f: Tensor, true_f: Tensor, W_dec: Tensor, true_direc
 
 
 @torch.no_grad()
-def evaluate(sae: SAE, x: Tensor, true_directions: Tensor | None = None, true_f: Tensor | None = None) -> dict[str, float]:
+def evaluate(sae: SAE, x: Tensor, true_directions: Tensor | None = None, true_f: Tensor | None = None,
+             chunk: int = 8192) -> dict[str, float]:
     """The standard numbers for ``sae`` on inputs x [n, d_in] (and true features if known)."""
     was_training = sae.training
     sae.eval()
-    f = sae.encode(x)
-    x_hat = sae.decode(f)
-    out = {"l0": l0(f).item(), "fvu": fvu(x, x_hat).item(), "dead": dead_fraction(f).item(),
-           "gamma": relative_reconstruction_bias(x, x_hat).item()}
+    x = x.flatten(0, -2)
+    # In chunks of rows, so that the latents of a large evaluation set ([n, d_sae]) never all
+    # exist at once: the sums behind L0, FVU, gamma and the dead latents add up across chunks.
+    centre = x.mean(0)
+    active = err = var = hat_sq = hat_dot = 0.0
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=x.device)
+    for start in range(0, len(x), chunk):
+        xs = x[start : start + chunk]
+        f = sae.encode(xs)
+        x_hat = sae.decode(f)
+        active += (f != 0).sum().item()
+        fired |= (f != 0).any(0)
+        err += (xs - x_hat).double().pow(2).sum().item()
+        var += (xs - centre).double().pow(2).sum().item()
+        hat_sq += x_hat.double().pow(2).sum().item()
+        hat_dot += (x_hat.double() * xs).sum().item()
+    out = {"l0": active / len(x), "fvu": err / var, "dead": 1.0 - fired.float().mean().item(), "gamma": hat_sq / hat_dot}
     if true_directions is not None:
         out["mmcs"] = mmcs(sae.W_dec, true_directions).item()
         out["recovered"] = fraction_recovered(sae.W_dec, true_directions).item()
         if true_f is not None:
-            out["precision"], out["recall"] = latent_precision_recall(f, true_f, sae.W_dec, true_directions)
+            out["precision"], out["recall"] = latent_precision_recall(sae.encode(x), true_f, sae.W_dec, true_directions)
     sae.train(was_training)
     return out
 
@@ -773,14 +787,31 @@ LM_TRAIN_SEED, LM_EVAL_SEED = 1, 2  # course_lm itself was trained on token_data
 
 
 @torch.no_grad()
-def collect_activations(model, tokens: Tensor, hook_name: str, batch_rows: int = 500) -> Tensor:
+def collect_activations(model, tokens: Tensor, hook_name: str, batch_rows: int = 100) -> Tensor:
     """The activations at ``hook_name`` for every row of ``tokens`` [rows, pos]: [rows, pos, d].
     (An "activation store" in SAELens's words; ours fits in memory.)"""
-    out = []
-    for i in range(0, len(tokens), batch_rows):
-        _, cache = model.run_with_cache(tokens[i : i + batch_rows], names_filter=hook_name)
-        out.append(cache[hook_name])
-    return torch.cat(out)
+    out = None
+    with torch.no_grad():  # no autograd graph: it would hold every intermediate of the batch
+        for i in range(0, len(tokens), batch_rows):
+            _, cache = model.run_with_cache(tokens[i : i + batch_rows], names_filter=hook_name)
+            act = cache[hook_name]
+            if out is None:  # filled in place: no second copy from a torch.cat at the end
+                out = act.new_empty((len(tokens), *act.shape[1:]))
+            out[i : i + len(act)] = act
+    return out
+
+
+@torch.no_grad()
+def encode_in_chunks(sae: SAE, x: Tensor, chunk: int = 8192) -> Tensor:
+    """``sae.encode(x)`` for a large x [n, d_in], a chunk of rows at a time: the pre-activations
+    of every row at once (and TopK's copy of them) would take several times the latents' memory."""
+    out = None
+    for start in range(0, len(x), chunk):
+        f = sae.encode(x[start : start + chunk])
+        if out is None:
+            out = f.new_empty((len(x), *f.shape[1:]))
+        out[start : start + len(f)] = f
+    return out
 
 
 def activation_scale(acts: Tensor) -> float:
@@ -882,21 +913,27 @@ def annotations(tokens: Tensor, infos, min_count: int = 50) -> tuple[dict[str, T
     return labels, kind
 
 
-def auroc_matrix(scores: Tensor, labels: Tensor) -> Tensor:
+def auroc_matrix(scores: Tensor, labels: Tensor, chunk: int = 16) -> Tensor:
     """AUROC of every column of ``scores`` [n, n_latents] (non-negative latent activations)
     for every column of ``labels`` [n, n_labels] (bool): [n_latents, n_labels]. Ties among the
     many exact zeros get their average rank; non-zero activations are treated as distinct
     (float ties there are vanishingly rare), which makes this one matrix product."""
     n = scores.shape[0]
-    scores = scores.double()
-    order = scores.argsort(dim=0)
-    ranks = torch.empty_like(scores)
-    ranks.scatter_(0, order, torch.arange(1, n + 1, dtype=scores.dtype, device=scores.device)[:, None].expand_as(scores).contiguous())
-    n_zero = (scores == 0).sum(0, keepdim=True).to(scores.dtype)
-    ranks = torch.where(scores == 0, (n_zero + 1) / 2, ranks)
-    lab = labels.to(scores.dtype)
+    lab = labels.to(torch.float64)
     n_pos = lab.sum(0)
-    return ((ranks.T @ lab - n_pos * (n_pos + 1) / 2) / (n_pos * (n - n_pos))).float()
+    arange = torch.arange(1, n + 1, dtype=torch.float64, device=scores.device)[:, None]
+    out = []
+    # A few latents at a time: float64 ranks of every latent at once would take 8 bytes x n x
+    # n_latents several times over (over a gigabyte for chapter 5's 47 000 tokens x 1 024 latents).
+    for start in range(0, scores.shape[1], chunk):
+        s = scores[:, start : start + chunk].double()
+        order = s.argsort(dim=0)
+        ranks = torch.empty_like(s)
+        ranks.scatter_(0, order, arange.expand_as(s).contiguous())
+        zero = s == 0
+        ranks = torch.where(zero, (zero.sum(0, keepdim=True).to(s.dtype) + 1) / 2, ranks)
+        out.append((ranks.T @ lab - n_pos * (n_pos + 1) / 2) / (n_pos * (n - n_pos)))
+    return torch.cat(out).float()
 
 
 @torch.no_grad()
@@ -909,10 +946,18 @@ def best_latents(f: Tensor, labels: dict[str, Tensor], kind: dict[str, str], by:
     names = list(labels)
     L = torch.stack([labels[k] for k in names], 1)
     au = auroc_matrix(f, L)
-    fires = (f != 0).float()
-    both = fires.T @ L.float()  # [d_sae, n_labels]
-    precision = both / fires.sum(0).clamp_min(1)[:, None]
-    recall = both / L.float().sum(0).clamp_min(1)[None]
+    Lf = L.float()
+    # [d_sae, n_labels]: tokens where the latent fires and the label holds, and [d_sae]: tokens
+    # where it fires (a few latents at a time: a copy of all of f, as floats or as the int64s
+    # that summing booleans makes, would take hundreds of megabytes)
+    both, fired = [], []
+    for i in range(0, f.shape[1], 16):
+        fires = (f[:, i : i + 16] != 0).float()
+        both.append(fires.T @ Lf)
+        fired.append(fires.sum(0))
+    both, fired = torch.cat(both), torch.cat(fired)
+    precision = both / fired.clamp_min(1)[:, None]
+    recall = both / Lf.sum(0).clamp_min(1)[None]
     f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
     latent = (au if by == "auroc" else f1).argmax(0)
     rows = []
