@@ -70,23 +70,26 @@ SHORT_KEYS = [("attn", 0), ("pattern", 1), ("resid_post", -1), ("resid_pre", 0),
               "embed", "pos_embed", "k1", "scale0ln1", "normalized", "blocks.0.hook_resid_mid"]
 
 
-def test_cache_short_names_match_transformer_lens(tl_lib):
+@pytest.fixture(scope="module")
+def course_lm_caches(tl_lib):
+    """course_lm, two rows of tokens, and the caches of our model and of its TransformerLens copy."""
     model = zoo.load_model("course_lm").eval()
     tokens = _tokens(model, batch=2)
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens)
         _, tl_cache = interop.to_transformer_lens(model).run_with_cache(tokens)
+    return model, tokens, cache, tl_cache
+
+
+def test_cache_short_names_match_transformer_lens(course_lm_caches):
+    _, _, cache, tl_cache = course_lm_caches
     for key in SHORT_KEYS:
         torch.testing.assert_close(cache[key], tl_cache[key], atol=1e-5, rtol=0, msg=str(key))
         assert key in cache
 
 
-def test_residual_decompositions_match_transformer_lens(tl_lib):
-    model = zoo.load_model("course_lm").eval()
-    tokens = _tokens(model, batch=2)
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens)
-        _, tl_cache = interop.to_transformer_lens(model).run_with_cache(tokens)
+def test_residual_decompositions_match_transformer_lens(course_lm_caches):
+    model, tokens, cache, tl_cache = course_lm_caches
     for kwargs in (dict(), dict(layer=1), dict(layer=1, mlp_input=True), dict(apply_ln=True), dict(layer=1, apply_ln=True)):
         ours, labels = cache.decompose_resid(return_labels=True, **kwargs)
         theirs, tl_labels = tl_cache.decompose_resid(return_labels=True, **kwargs)
