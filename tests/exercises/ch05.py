@@ -595,6 +595,11 @@ def absorb_over_all_inputs(f_parent, parent_present, child_present):
     return ((f_parent == 0) & both).float().mean()
 
 
+def absorb_mean_per_child(f_parent, parent_present, child_present):
+    rates = [(f_parent[parent_present & child_present[:, j]] == 0).float().mean() for j in range(child_present.shape[1])]
+    return torch.stack(rates).nanmean()
+
+
 def absorb_parent_alone(f_parent, parent_present, child_present):
     alone = parent_present & ~child_present.any(-1)
     return (f_parent[alone] == 0).float().mean()
@@ -975,6 +980,9 @@ EXERCISES = [
                     "(index f_parent with that mask, then .mean()), not by every input.", absorb_over_all_inputs),
             Mistake("parent alone", "that is the parent latent's miss rate when the parent is *alone*; absorption is measured "
                     "where a child is present too.", absorb_parent_alone),
+            Mistake("mean of one rate per child", "count each input once: one fraction over all inputs where any child is "
+                    "present (child_present.any(-1)), not the mean of one fraction per child (an input with two children "
+                    "would count twice, a rare child as much as a common one).", absorb_mean_per_child),
         ],
         stuck="both = parent_present & child_present.any(-1); (f_parent[both] == 0).float().mean().",
     ),
