@@ -37,7 +37,8 @@ CFG = Config(d_vocab=30, n_ctx=12, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_
 def _env(device: str, dtype: torch.dtype) -> dict:
     """Models and inputs on ``device`` in ``dtype``, with the same values for every dtype."""
     gen = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, CFG.d_vocab, (3, 10), generator=gen).to(device)
+    cpu_tokens = torch.randint(0, CFG.d_vocab, (3, 10), generator=gen)
+    tokens = cpu_tokens.to(device)
     model = Transformer(CFG, seed=1).to(device=device, dtype=dtype).eval()
     attn_only = Transformer(CFG.replace(attn_only=True), seed=2).to(device=device, dtype=dtype).eval()
     tcfg = toy.ToyConfig(n_instances=3, n_features=5, n_hidden=2)
@@ -47,7 +48,7 @@ def _env(device: str, dtype: torch.dtype) -> dict:
     for arch in sl.ARCHITECTURES:
         s = sl.make_sae(sl.SAEConfig(d_in=16, d_sae=32, architecture=arch, k=3))
         saes[arch] = s.to(device=device, dtype=dtype).eval()
-    return dict(tokens=tokens, model=model, attn_only=attn_only, io=tokens[:, 1], s=tokens[:, 2],
+    return dict(tokens=tokens, cpu_tokens=cpu_tokens, model=model, attn_only=attn_only, io=tokens[:, 1], s=tokens[:, 2],
                 corrupt=tokens.flip(0), toy=toy.ToyModel(tcfg).to(device=device, dtype=dtype),
                 hidden_toy=toy.HiddenReluModel(tcfg).to(device=device, dtype=dtype), x=x, acts=acts, saes=saes,
                 p=torch.full((3,), 0.3, device=device, dtype=dtype), importance=torch.ones(5, device=device, dtype=dtype))
@@ -102,13 +103,19 @@ CALLS = [
     ("logit_effects", lambda e: sl.logit_effects(e["model"], e["saes"]["relu"]), True),
     ("collect_activations", lambda e: sl.collect_activations(e["model"], e["tokens"], "blocks.0.hook_resid_post"), True),
     ("sample_with_hooks", lambda e: sl.sample_with_hooks(e["model"], 4, 5).float(), False),
+    # inputs made on the CPU (token ids, probe batches, data) go to the model's device
+    ("CPU token ids", lambda e: e["model"](e["cpu_tokens"]), True),
+    ("all_head_scores", lambda e: tuple(ind.all_head_scores(e["model"], half_len=5, batch=2).values()), True),
+    ("logit_diff with CPU ids", lambda e: pat.logit_diff(e["model"](e["tokens"]), e["cpu_tokens"][:, 1], e["cpu_tokens"][:, 2]), True),
+    ("train_toy_model (CPU probabilities)", lambda e: torch.tensor(toy.train_toy_model(
+        e["toy"], torch.full((3,), 0.3), torch.ones(5), steps=5, progress=False)), False),
 ]
 
 
 # Outputs that are counts, token ids, fractions of counts or Python numbers: float32 (or an
 # integer type) whatever the inputs; the float64 test compares their values only.
 COUNTS = {"generate (greedy)", "symmetric_corruption", "circuit_logit_diff", "toy counts", "SAE counts", "auroc",
-          "sample_with_hooks"}
+          "sample_with_hooks", "train_toy_model (CPU probabilities)"}
 
 
 def _tensors(out):

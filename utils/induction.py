@@ -162,8 +162,9 @@ def train_induction_model(n_layers: int = 2, steps: int = 3000, seed: int = 0, e
     history: dict[str, list[float]] = {"step": [], "loss": [], "repeat_loss": [], "induction": [], "prev_token": []}
     recent: list[float] = []
     bar = tqdm(range(steps), desc=desc or f"{n_layers}-layer model", mininterval=0.5, disable=not progress)
+    probe = probe.to(model.device)
     for step in bar:
-        batch = next(stream)
+        batch = next(stream).to(model.device)
         loss = lm_cross_entropy(model(batch), batch)
         optimizer.zero_grad()
         loss.backward()

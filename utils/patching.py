@@ -157,6 +157,7 @@ def logit_diff(logits: Tensor, io: Tensor, s: Tensor) -> Tensor:
 
     (Equal to the difference of log-probabilities: the softmax's normaliser cancels.)"""
     last = logits[:, -1]  # [batch, d_vocab]
+    io, s = io.to(last.device), s.to(last.device)
     return last.gather(-1, io[:, None])[:, 0] - last.gather(-1, s[:, None])[:, 0]
 
 
@@ -454,7 +455,7 @@ def evaluate_ioi(model: Transformer, templates: Sequence[int] = HELDOUT_TEMPLATE
         logits = model(b.clean)
         lds.append(logit_diff(logits, b.io, b.s))
         lds_corrupt.append(logit_diff(model(b.corrupt), b.io, b.s))
-        top1.append((logits[:, -1].argmax(-1) == b.io).float())
+        top1.append((logits[:, -1].argmax(-1) == b.io.to(logits.device)).float())
     ld, ldc, top1 = torch.cat(lds), torch.cat(lds_corrupt), torch.cat(top1)
     return {"accuracy": (ld > 0).float().mean().item(), "top1_accuracy": top1.mean().item(),
             "logit_diff": ld.mean().item(), "logit_diff_corrupt": ldc.mean().item()}

@@ -108,7 +108,9 @@ def train_toy_model(model: ToyModel, feature_probability: Tensor, importance: Te
     steps = demo_steps(steps, desc)
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    feature_probability = feature_probability.reshape(model.cfg.n_instances, -1)
+    # on the model's device, in its dtype (the batches are drawn on the CPU, then moved there)
+    feature_probability = feature_probability.to(model.W.device, model.W.dtype).reshape(model.cfg.n_instances, -1)
+    importance = importance.to(model.W.device, model.W.dtype)
     losses = []
     bar = tqdm(range(steps), desc=desc, mininterval=0.5, disable=not progress)
     # These tensors are tiny: one thread is several times faster than two (no synchronisation),

@@ -278,6 +278,7 @@ class Transformer(HookedRootModule):
     ):
         if tokens.ndim == 1:
             tokens = tokens[None]
+        tokens = tokens.to(self.device)  # token ids made on the CPU work with a model on a GPU
         offset = kv_cache.n_tokens if kv_cache is not None else 0
         if offset + tokens.shape[1] > self.cfg.n_ctx:
             raise ValueError(f"sequence of {offset + tokens.shape[1]} tokens exceeds n_ctx={self.cfg.n_ctx}")
