@@ -33,6 +33,19 @@ def test_chosen_renderers_exist_in_this_plotly():
     assert notebook.include_plotlyjs is False and notebook.global_init and not notebook.connected
 
 
+def test_repeated_labels_keep_their_own_rows_and_columns():
+    """Plotly merges equal category labels: a heat map over tokens with "the" twice would draw one
+    column too few. The labels come out distinct, and print the same."""
+    tokens = ["<bos>", "the", "cat", "saw", "the", "dog", "the"]
+    fig = plot.heatmap([[float(i) for i in range(7)]] * 2, tokens, ["a", "a"])
+    x, y = list(fig.data[0].x), list(fig.data[0].y)
+    assert len(set(x)) == 7 and len(set(y)) == 2
+    assert [label.replace("\u200b", "") for label in x] == tokens and x[1] == "the" and x[4] != "the"
+    bars = plot.bars(["L0H1", "L0H1", "L1H0"], [1, 2, 3])
+    assert len(set(bars.data[0].x)) == 3
+    assert plot.unique_labels([3, 3]) == ["3", "3\u200b"]
+
+
 @pytest.mark.slow  # runs a kernel
 def test_exported_html_embeds_plotly_js_and_the_figure(tmp_path, monkeypatch):
     """A notebook that shows a figure, executed in a real kernel and exported with nbconvert,

@@ -75,8 +75,20 @@ def loss_curve(log, baselines: dict[str, float] | None = None, title: str = "Tra
     return fig
 
 
+def unique_labels(labels: Sequence) -> list[str]:
+    """The labels as strings, each repeat made distinct by zero-width spaces. Plotly merges equal
+    category labels into one row or column ("the" at positions 3 and 9 would share a column,
+    and a heat map of 15 positions would draw 14); the spaces keep them apart but print nothing."""
+    seen: dict[str, int] = {}
+    out = []
+    for label in map(str, labels):
+        out.append(label + "\u200b" * seen.get(label, 0))
+        seen[label] = seen.get(label, 0) + 1
+    return out
+
+
 def bars(labels: Sequence[str], values: Sequence[float], title: str = "", yaxis: str = "", height: int = 320) -> go.Figure:
-    fig = go.Figure(go.Bar(x=list(labels), y=list(values)))
+    fig = go.Figure(go.Bar(x=unique_labels(labels), y=list(values)))
     fig.update_layout(title=title, yaxis_title=yaxis, template="plotly_white", height=height,
                       margin=dict(l=60, r=20, t=50, b=50))
     return fig
@@ -84,8 +96,10 @@ def bars(labels: Sequence[str], values: Sequence[float], title: str = "", yaxis:
 
 def heatmap(z, x_labels: Sequence[str] | None = None, y_labels: Sequence[str] | None = None, title: str = "",
             zmin: float | None = None, zmax: float | None = None, colorscale: str = "Blues", height: int = 400) -> go.Figure:
-    fig = go.Figure(go.Heatmap(z=[list(map(float, row)) for row in z], x=list(x_labels) if x_labels is not None else None,
-                               y=list(y_labels) if y_labels is not None else None, zmin=zmin, zmax=zmax, colorscale=colorscale))
+    fig = go.Figure(go.Heatmap(z=[list(map(float, row)) for row in z],
+                               x=unique_labels(x_labels) if x_labels is not None else None,
+                               y=unique_labels(y_labels) if y_labels is not None else None,
+                               zmin=zmin, zmax=zmax, colorscale=colorscale))
     fig.update_layout(title=title, template="plotly_white", height=height, yaxis_autorange="reversed",
                       margin=dict(l=80, r=20, t=50, b=80))
     return fig
