@@ -100,6 +100,26 @@ def test_judge_names_the_mistake_but_hides_hidden_inputs(tmp_path, monkeypatch):
     assert "input:" not in hidden.message and "13" not in hidden.message and "seed" not in hidden.message
 
 
+def test_hidden_verdict_says_whether_the_visible_check_passed(tmp_path, monkeypatch):
+    """"Although it passes the visible check" only when it does."""
+    ex = get_exercise("causal_mask")
+    wrong = next(m.impl for m in ex.mistakes if m.name == "masks the diagonal")
+    _record(tmp_path, monkeypatch, "causal_mask", wrong)
+    hidden = _record(tmp_path, monkeypatch, "causal_mask", wrong, hidden=True)
+    assert not hidden.passed and "hidden tests too" in hidden.message and "passes the visible" not in hidden.message
+
+    def crashes_on_hidden(scores):  # right on the visible inputs, raises on other shapes
+        if scores.shape[-1] not in {c.get("pos", c.get("seq")) for c in ex.cases} | {None}:
+            raise RuntimeError("only the visible sizes")
+        return _mine(ex)(scores)
+
+    other = tmp_path / "other"
+    other.mkdir()
+    assert _record(other, monkeypatch, "causal_mask", crashes_on_hidden).passed
+    hidden = _record(other, monkeypatch, "causal_mask", crashes_on_hidden, hidden=True)
+    assert not hidden.passed and "although it passes the visible check" in hidden.message
+
+
 def test_calling_the_reference_gets_no_credit(tmp_path, monkeypatch):
     from utils import transformer
 

@@ -29,6 +29,11 @@ HIDDEN_CRASHED = (
     " and shapes), although it passes the visible check.\n  Does it assume a particular batch size,"
     " sequence length or model size?"
 )
+# When the visible check failed too, "although it passes the visible check" would be false.
+HIDDEN_ALSO_FAILED = (
+    "✗ {name}: your code fails the hidden tests too (other random inputs and shapes).\n  Fix what"
+    " the visible check above says first; the hidden tests check the same thing on other inputs."
+)
 
 
 def checks_in(source: str) -> list[tuple[str, str]]:
@@ -64,7 +69,7 @@ def grade_check(record_dir: Path, name: str, suite: str, secret: int, reference_
                        f" ({', '.join(rec.reference_calls)}) instead of doing the work itself. No credit for this exercise.")
     if rec.outputs is None:
         if suite == "hidden":
-            return Verdict(name, suite, False, HIDDEN_CRASHED.format(name=name))
+            return Verdict(name, suite, False, _hidden_message(HIDDEN_CRASHED, record_dir, name, secret))
         return Verdict(name, suite, False, rec.message)
     exercise = get_exercise(name)
     if suite == "hidden":
@@ -75,9 +80,16 @@ def grade_check(record_dir: Path, name: str, suite: str, secret: int, reference_
         judge(exercise, rec.outputs)
     except CheckFailed as e:
         if suite == "hidden":
-            return Verdict(name, suite, False, HIDDEN_FAILED.format(name=name))
+            return Verdict(name, suite, False, _hidden_message(HIDDEN_FAILED, record_dir, name, secret))
         return Verdict(name, suite, False, str(e))
     except Exception as e:  # outputs of a shape or type the comparison could not handle
         return Verdict(name, suite, False, f"✗ {name}: your outputs could not be compared with the reference ({type(e).__name__}).")
     what = "hidden tests" if suite == "hidden" else f"{len(exercise.cases)} inputs"
     return Verdict(name, suite, True, f"✓ {name}: {exercise.title} matches the reference on {what}.")
+
+
+def _hidden_message(template: str, record_dir: Path, name: str, secret: int) -> str:
+    """A hidden-test failure's message: ``template`` (which says the visible check passes) only
+    when the visible check's own record passes; otherwise say that both fail."""
+    visible = grade_check(record_dir, name, "visible", secret)
+    return (template if visible.passed else HIDDEN_ALSO_FAILED).format(name=name)
