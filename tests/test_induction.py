@@ -33,6 +33,42 @@ def test_second_copy_is_predicted(model, half_len):
     assert second < 0.4 * first, (first, second)  # measured: 1.38 (L=10), 0.36 (L=30) vs 4.14
 
 
+def _chapter_tokens(model):
+    """The repeated sequence chapter 2 uses: 8 rows of [bos, 20 random tokens, the same 20]."""
+    return ind.repeated_tokens(8, 20, model.cfg.d_vocab, seed=1)
+
+
+def test_per_position_loss_matches_chapter_2s_prose(model):
+    """Chapter 2's prose: flat near ln 63 on the first copy; the first *and second* tokens of the
+    second copy still about 4 nats; from the third on below 1 nat (0.8, then 0.1-0.3)."""
+    tokens = _chapter_tokens(model)
+    with torch.no_grad():
+        losses = ind.per_token_loss(model(tokens), tokens).mean(0)
+    assert 4.0 < losses[:20].mean() < 4.3, losses[:20]
+    assert losses[20] > 3.5 and losses[21] > 3.5, losses[19:24]
+    assert 0.5 < losses[22] < 1.0 and losses[23:].max() < 0.4, losses[20:]
+
+
+def test_head_ablation_matches_chapter_2s_prose(model):
+    """Chapter 2's prose: zero-ablating one layer-0 head and one layer-1 head each adds about
+    1 nat to the loss on the second copy; every other head 0.25-0.55 nats."""
+    import functools
+
+    tokens = _chapter_tokens(model)
+
+    def second_copy_loss(logits):
+        return -logits[:, 20:-1].log_softmax(-1).gather(-1, tokens[:, 21:, None]).mean().item()
+
+    with torch.no_grad():
+        clean = second_copy_loss(model(tokens))
+        increase = torch.tensor([[second_copy_loss(model.run_with_hooks(tokens, fwd_hooks=[(
+            f"blocks.{layer}.attn.hook_z", functools.partial(ind.zero_head_hook, head=head))])) - clean
+            for head in range(4)] for layer in range(2)])
+    big = increase > 0.8
+    assert big[0].sum() == 1 and big[1].sum() == 1, increase
+    assert increase[big].max() < 1.3 and 0.2 < increase[~big].min() and increase[~big].max() < 0.6, increase
+
+
 def test_k_composition_of_the_pair_beats_random_matrices(model):
     scores = ind.all_head_scores(model, half_len=20)
     prev = int(scores["prev_token"][0].argmax())
