@@ -242,3 +242,31 @@ def test_attribution_patching_screens_well_but_underestimates_the_head_that_matt
     assert torch.corrcoef(torch.stack([actual, estimate]))[0, 1] > 0.99
     rest = torch.arange(8) != top
     assert torch.corrcoef(torch.stack([actual[rest], estimate[rest]]))[0, 1] > 0.95
+
+
+def test_noising_and_denoising_disagree_on_induction_2l():
+    """Chapter 4 §5's prose: on induction_2l (first copy corrupted), denoising any layer-0 head
+    restores nothing while noising L0H0 / L0H1 leaves about 0.56 / 0.41 (the other two over 0.9):
+    an AND; each layer-1 head restores 0.11-0.17 and leaves 0.67-0.75 (shared work)."""
+    from utils.induction import repeated_tokens
+
+    model = load_model("induction_2l")
+    clean = repeated_tokens(32, 20, model.cfg.d_vocab, seed=1)
+    corrupt = clean.clone()
+    corrupt[:, 1:21] = torch.randint(1, model.cfg.d_vocab, (32, 20), generator=torch.Generator().manual_seed(5))
+
+    def copy_logprob(logits):
+        return logits[:, 20:-1].log_softmax(-1).gather(-1, clean[:, 21:, None]).mean()
+
+    with torch.no_grad():
+        lp_clean, lp_corrupt = copy_logprob(model(clean)).item(), copy_logprob(model(corrupt)).item()
+
+    def metric(logits):
+        return (copy_logprob(logits) - lp_corrupt) / (lp_clean - lp_corrupt)
+
+    denoise = P.patch_head_outputs(model, clean, corrupt, metric, "denoise")
+    noise = P.patch_head_outputs(model, clean, corrupt, metric, "noise")
+    assert denoise[0].abs().max() < 0.01, denoise
+    assert 0.5 < noise[0, 0] < 0.62 and 0.35 < noise[0, 1] < 0.47 and noise[0, 2:].min() > 0.9, noise
+    assert 0.1 < denoise[1].min() and denoise[1].max() < 0.18, denoise
+    assert 0.65 < noise[1].min() and noise[1].max() < 0.77, noise
