@@ -57,65 +57,66 @@ def test_first_training_check_in_a_fresh_kernel_survives_torchs_lazy_import():
     assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr
 
 
+def _slow_module(folder, name: str, seconds: float) -> None:
+    """A module that computes for ``seconds`` of CPU while it is imported."""
+    (folder / f"{name}.py").write_text(textwrap.dedent(f"""
+        import time
+        start = time.process_time()
+        while time.process_time() - start < {seconds}:
+            pass
+        READY = True
+    """))
+
+
+def _compute(seconds: float) -> None:
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+
+
 def test_a_slow_import_is_never_interrupted_and_does_not_count(tmp_path, monkeypatch):
     """An import that computes for 4 × the limit (caught by the alarm in mid-import) finishes
     whole, then the code after it gets a full budget; an infinite loop after it is still
     stopped."""
-    (tmp_path / "slow_to_import.py").write_text(textwrap.dedent("""
-        import time
-        start = time.process_time()
-        while time.process_time() - start < 1.2:
-            pass
-        READY = True
-    """))
+    _slow_module(tmp_path, "slow_to_import", 1.2)
     monkeypatch.syspath_prepend(str(tmp_path))
     with core.time_limit(0.3):
         import slow_to_import
-        start = time.process_time()
-        while time.process_time() - start < 0.2:  # under the limit, once the import is done
-            pass
+        _compute(0.2)  # under the limit, once the import is done
     assert slow_to_import.READY
 
-    (tmp_path / "slow_then_loops.py").write_text("import slow_to_import\n")
+    import importlib
     with pytest.raises(core._Timeout):
         with core.time_limit(0.3):
-            import importlib
             importlib.reload(slow_to_import)
             while True:
                 pass
 
 
 def test_importing_in_a_loop_is_still_stopped(tmp_path, monkeypatch):
-    (tmp_path / "takes_a_while.py").write_text(textwrap.dedent("""
-        import time
-        start = time.process_time()
-        while time.process_time() - start < 0.2:
-            pass
-    """))
+    import importlib
+
+    _slow_module(tmp_path, "takes_a_while", 0.2)
     monkeypatch.syspath_prepend(str(tmp_path))
+    import takes_a_while
+
+    def reload_forever(between: float = 0.0):
+        start = time.monotonic()
+        with pytest.raises(core._Timeout):
+            with core.time_limit(0.1):
+                while True:
+                    importlib.reload(takes_a_while)
+                    _compute(between)
+        assert time.monotonic() - start < 30
+
+    # stopped by the time bound on excused imports...
     monkeypatch.setattr(core, "MAX_IMPORT_WAIT", 2.0)
     monkeypatch.setattr(core, "WALL_SLACK", 1.0)
-    import importlib
-    import takes_a_while
-    start = time.monotonic()
-    with pytest.raises(core._Timeout):
-        with core.time_limit(0.1):
-            while True:
-                importlib.reload(takes_a_while)
-    assert time.monotonic() - start < 30
-
-    # and a bounded number of fresh budgets: a loop that computes between imports
+    reload_forever()
+    # ...and by the bound on fresh budgets, for a loop that computes between imports
     monkeypatch.setattr(core, "MAX_IMPORT_WAIT", 300.0)
     monkeypatch.setattr(core, "MAX_IMPORT_RESTARTS", 3)
-    start = time.monotonic()
-    with pytest.raises(core._Timeout):
-        with core.time_limit(0.1):
-            while True:
-                importlib.reload(takes_a_while)
-                t = time.process_time()
-                while time.process_time() - t < 0.3:
-                    pass
-    assert time.monotonic() - start < 30
+    reload_forever(between=0.3)
 
 
 def _hogs(n: int) -> list[subprocess.Popen]:

@@ -586,8 +586,9 @@ def train_sae(sae: SAE, sample, steps: int = 2000, batch_size: int = 1024, lr: f
 # ---- The chapter's experiments on synthetic data (shared by the notebook and the tests) ------
 def synthetic_sae(architecture: str, data: SyntheticFeatures, d_sae: int = 128, steps: int = 800,
                   batch_size: int = 1024, progress: bool = True, desc: str | None = None, **cfg) -> tuple[SAE, dict]:
-    """Train one SAE on ``data`` and score it on 8 192 fresh samples: (sae, metrics)."""
-    sae = make_sae(SAEConfig(d_in=data.cfg.d, d_sae=d_sae, architecture=architecture, **cfg))
+    """Train one SAE on ``data`` (any synthetic data set with ``directions`` and ``sample``) and
+    score it on 8 192 fresh samples: (sae, metrics)."""
+    sae = make_sae(SAEConfig(d_in=data.directions.shape[1], d_sae=d_sae, architecture=architecture, **cfg))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small matrices: one thread is faster than two, and fairer on a shared CPU
     try:
@@ -732,21 +733,10 @@ def splitting_experiment(widths=(16, 64, 256), k: int = 3, steps: int = 800, pro
     data = ClusteredFeatures()
     rows = []
     for w in widths:
-        sae = make_sae(SAEConfig(d_in=data.d, d_sae=w, architecture="topk", k=k))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            train_sae(sae, lambda n: data.sample(n)[0], steps=steps, progress=progress, desc=f"TopK, {w} latents")
-        finally:
-            torch.set_num_threads(threads)
-        x, _ = data.sample(8192)
-        with torch.no_grad():
-            f = sae.encode(x)
-            rows.append({"width": w, "fvu": fvu(x, sae.decode(f)).item(), "dead": dead_fraction(f).item(),
-                         "centre_mmcs": mmcs(sae.W_dec, data.centres).item(),
-                         "sub_mmcs": mmcs(sae.W_dec, data.directions).item(),
-                         "sub_recovered": fraction_recovered(sae.W_dec, data.directions).item(),
-                         "live_per_family": (f != 0).any(0).sum().item() / data.n_clusters})
+        sae, m = synthetic_sae("topk", data, d_sae=w, k=k, steps=steps, progress=progress, desc=f"TopK, {w} latents")
+        rows.append({"width": w, "fvu": m["fvu"], "dead": m["dead"], "sub_mmcs": m["mmcs"], "sub_recovered": m["recovered"],
+                     "centre_mmcs": mmcs(sae.W_dec, data.centres).item(),
+                     "live_per_family": round((1 - m["dead"]) * w) / data.n_clusters})
     return rows
 
 
