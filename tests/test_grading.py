@@ -8,7 +8,9 @@ autograde, generate_feedback) on the chapter-1 fixture submissions in
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
+import textwrap
 import os
 import subprocess
 import sys
@@ -20,11 +22,11 @@ import pytest
 import torch
 
 from utils.checks import check, get_exercise
-from utils.grading import ENV, Session, record
+from utils.grading import ENV, record
 from utils.grading.course import build, instructor_notebook, nbgrader_env
-from utils.grading.detect import reference_uses, tampering_in_source, uses_in_source, reference_paths
-from utils.grading.judge import checks_in, grade_check
-from utils.grading.kernel import bwrap_available, sandbox_command
+from utils.grading.detect import locate, reference_paths, reference_uses, review_in_source, uses_in_source
+from utils.grading.judge import checks_in, grade_payloads
+from utils.grading.kernel import NOBODY, bwrap_available, sandbox_command
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "grading"
@@ -41,39 +43,66 @@ def _load_submissions():
 # ---- recording in the kernel, judging outside ---------------------------------------------------
 
 
-def _record(tmp_path, monkeypatch, name, impl, hidden=False, secret=11):
-    monkeypatch.setenv(ENV, Session(tmp_path, secret).to_env())
-    check(name, impl, hidden=hidden)
-    monkeypatch.delenv(ENV)
-    return grade_check(tmp_path, name, "hidden" if hidden else "visible", secret)
+def _payloads(name, impl, hidden=False, seed=11, token="t0k3n"):
+    """What a check cell run by the grader publishes: its records."""
+    record.OUTBOX.clear()
+    check(name, impl, hidden=hidden, _grading=f"{token}:{seed if hidden else 0}")
+    out = list(record.OUTBOX)
+    record.OUTBOX.clear()
+    return out
+
+
+def _record(name, impl, hidden=False, seed=11, visible=None):
+    suite = "hidden" if hidden else "visible"
+    return grade_payloads(_payloads(name, impl, hidden, seed), name, suite, "t0k3n", seed if hidden else 0, visible)
 
 
 def _mine(ex):
-    """A learner's copy of the reference: same code, new code objects (not the toolkit's)."""
+    """A learner's own causal mask (written here, not the toolkit's code)."""
+    assert ex.name == "causal_mask"
+
+    def apply_causal_mask(scores):
+        rows, cols = scores.shape[-2], scores.shape[-1]
+        offset = cols - rows  # queries are the last `rows` positions
+        future = torch.ones(rows, cols, dtype=torch.bool).triu(diagonal=offset + 1)
+        return torch.where(future, torch.full_like(scores, float("-inf")), scores)
+
+    return apply_causal_mask
+
+
+def _rebuilt(fn, filename="<ipython-input-1>"):
+    """The reference rebuilt from its code object under another file name: a copy."""
     import types
 
-    fn = ex.reference
-    return types.FunctionType(fn.__code__.replace(co_filename="<ipython-input-1>"), fn.__globals__, fn.__name__)
+    return types.FunctionType(fn.__code__.replace(co_filename=filename), fn.__globals__, fn.__name__)
 
 
-def test_grading_mode_records_and_the_judge_decides(tmp_path, monkeypatch, capsys):
+def test_grading_mode_records_and_the_judge_decides(capsys):
     ex = get_exercise("causal_mask")
-    verdict = _record(tmp_path, monkeypatch, "causal_mask", _mine(ex))
+    verdict = _record("causal_mask", _mine(ex))
     assert "recorded for grading" in capsys.readouterr().out
     # Recording does not judge: the kernel has not seen a ✓ or ✗, the judge has.
     assert verdict.passed, verdict.message
-    hidden = _record(tmp_path, monkeypatch, "causal_mask", _mine(ex), hidden=True)
+    hidden = _record("causal_mask", _mine(ex), hidden=True, visible=verdict)
     assert hidden.passed and "hidden tests" in hidden.message
+
+
+def test_while_grading_a_learners_own_check_calls_do_nothing(monkeypatch, capsys):
+    """Only the course's check cells, run by the grader with their tokens, record anything."""
+    monkeypatch.setenv(ENV, "1")
+    record.OUTBOX.clear()
+    check("causal_mask", _mine(get_exercise("causal_mask")))
+    assert record.OUTBOX == [] and "do not run while the notebook is being graded" in capsys.readouterr().out
 
 
 def test_demonstrations_train_briefly_only_while_grading(monkeypatch, capsys):
     """No grade depends on a demonstration's training run, so autograding runs a few steps of it."""
-    from utils.grading import ENV, Session, demo_steps
+    from utils.grading import ENV, demo_steps
     from utils.training import train
 
     monkeypatch.delenv(ENV, raising=False)
     assert demo_steps(1000, "x") == 1000 and capsys.readouterr().out == ""
-    monkeypatch.setenv(ENV, Session(Path("/nonexistent"), 1).to_env())
+    monkeypatch.setenv(ENV, "1")
     assert demo_steps(1000, "training your transformer") == 20
     assert "training your transformer trains for 20 of its 1000 steps" in capsys.readouterr().out
     assert demo_steps(5, "x") == 5
@@ -89,23 +118,23 @@ def test_demonstrations_train_briefly_only_while_grading(monkeypatch, capsys):
     assert log.steps == [0, 1, 2]
 
 
-def test_judge_names_the_mistake_but_hides_hidden_inputs(tmp_path, monkeypatch):
+def test_judge_names_the_mistake_but_hides_hidden_inputs():
     ex = get_exercise("causal_mask")
     wrong = next(m.impl for m in ex.mistakes if m.name == "masks the diagonal")
-    visible = _record(tmp_path, monkeypatch, "causal_mask", wrong)
+    visible = _record("causal_mask", wrong)
     assert not visible.passed and "masks the diagonal" in visible.message and "input:" in visible.message
-    hidden = _record(tmp_path, monkeypatch, "causal_mask", wrong, hidden=True)
+    hidden = _record("causal_mask", wrong, hidden=True, visible=visible)
     assert not hidden.passed and "hidden tests" in hidden.message
     # nothing about the hidden inputs (the extra case is 13 x 13 scores) or their seeds
     assert "input:" not in hidden.message and "13" not in hidden.message and "seed" not in hidden.message
 
 
-def test_hidden_verdict_says_whether_the_visible_check_passed(tmp_path, monkeypatch):
+def test_hidden_verdict_says_whether_the_visible_check_passed():
     """"Although it passes the visible check" only when it does."""
     ex = get_exercise("causal_mask")
     wrong = next(m.impl for m in ex.mistakes if m.name == "masks the diagonal")
-    _record(tmp_path, monkeypatch, "causal_mask", wrong)
-    hidden = _record(tmp_path, monkeypatch, "causal_mask", wrong, hidden=True)
+    visible = _record("causal_mask", wrong)
+    hidden = _record("causal_mask", wrong, hidden=True, visible=visible)
     assert not hidden.passed and "hidden tests too" in hidden.message and "passes the visible" not in hidden.message
 
     def crashes_on_hidden(scores):  # right on the visible inputs, raises on other shapes
@@ -113,46 +142,88 @@ def test_hidden_verdict_says_whether_the_visible_check_passed(tmp_path, monkeypa
             raise RuntimeError("only the visible sizes")
         return _mine(ex)(scores)
 
-    other = tmp_path / "other"
-    other.mkdir()
-    assert _record(other, monkeypatch, "causal_mask", crashes_on_hidden).passed
-    hidden = _record(other, monkeypatch, "causal_mask", crashes_on_hidden, hidden=True)
+    visible = _record("causal_mask", crashes_on_hidden)
+    assert visible.passed
+    hidden = _record("causal_mask", crashes_on_hidden, hidden=True, visible=visible)
     assert not hidden.passed and "although it passes the visible check" in hidden.message
 
 
-def test_calling_the_reference_gets_no_credit(tmp_path, monkeypatch):
+def test_calling_the_reference_gets_no_credit():
     from utils import transformer
 
     class LayerNorm(transformer.LayerNorm):  # "my" LayerNorm, inheriting the toolkit's forward
         pass
 
-    verdict = _record(tmp_path, monkeypatch, "layernorm", LayerNorm)
+    verdict = _record("layernorm", LayerNorm)
     assert not verdict.passed and "reference implementation" in verdict.message
 
     def mask(scores):
         return transformer.apply_causal_mask(scores)
 
-    verdict = _record(tmp_path, monkeypatch, "causal_mask", mask)
+    verdict = _record("causal_mask", mask)
     assert not verdict.passed and "apply_causal_mask" in verdict.message
 
 
-def test_records_from_another_run_or_tampered_are_rejected(tmp_path, monkeypatch):
+def test_copies_of_the_reference_are_found_by_what_runs(tmp_path):
+    """A copy of the toolkit's reference gets no credit however it was made: rebuilt from its
+    code object, exec-ed from its file's text, or imported from a copy of the file."""
+    import importlib.util
+
+    from utils import sampling, transformer
+
+    rebuilt = _record("causal_mask", _rebuilt(transformer.apply_causal_mask))
+    assert not rebuilt.passed and "copy of apply_causal_mask" in rebuilt.message, rebuilt.message
+    short = _record("greedy", _rebuilt(sampling.sample_greedy))  # 8 instructions, same lines: still a copy
+    assert not short.passed and "copy of sample_greedy" in short.message
+    namespace = {"__name__": "copied"}
+    exec(compile(Path(sampling.__file__).read_text().replace("from .", "from utils."), "<string>", "exec"), namespace)
+    executed = _record("top_p", namespace["sample_top_p"])
+    assert not executed.passed and "copy of sample_top_p" in executed.message
+    copy_file = tmp_path / "my_transformer.py"
+    copy_file.write_text(Path(transformer.__file__).read_text().replace("from .", "from utils."))  # as a copier would
+    spec = importlib.util.spec_from_file_location("my_transformer", copy_file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["my_transformer"] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules["my_transformer"]
+    executed = _record("layernorm", module.LayerNorm)
+    assert not executed.passed and "LayerNorm.forward" in executed.message
+    imported = _record("attention", module.Attention)
+    assert not imported.passed and "Attention.forward" in imported.message
+    # a near copy: the reference's text with a line added and locals renamed
+    source = inspect.getsource(transformer.Attention.forward)
+    assert "q = self.hook_q(" in source  # (the edit below must apply)
+    near = textwrap.dedent(source).replace("q = self.hook_q(", "unused = 0\n    query = q = self.hook_q(", 1)
+    ns = dict(vars(transformer))
+    exec(compile("class Attention(Attention):\n" + textwrap.indent(near, "    "), "<cell>", "exec"), ns)
+    nearly = _record("attention", ns["Attention"])  # listed for review, at no cost: a human decides
+    assert nearly.passed and any("near copy of the reference's Attention.forward" in r for r in nearly.review), nearly
+    # an honest answer is not a copy
+    assert _record("causal_mask", _mine(get_exercise("causal_mask"))).passed
+
+
+def test_a_record_counts_only_once_with_its_token():
     ex = get_exercise("causal_mask")
-    _record(tmp_path, monkeypatch, "causal_mask", _mine(ex), secret=5)
-    # the same record under another run's secret (a file brought along with the submission)
-    stale = grade_check(tmp_path, "causal_mask", "visible", secret=6)
-    assert not stale.passed and "not produced by this grading run" in stale.message
-    # outputs written by hand: wrong values are judged like any other
-    json_path, tensor_path = record.paths(tmp_path, "causal_mask", "visible")
-    rec = record.read(tmp_path, "causal_mask", "visible", 5)
+    payloads = _payloads("causal_mask", _mine(ex))
+    assert grade_payloads(payloads, "causal_mask", "visible", "t0k3n", 0).passed
+    # a record without this call's token (precomputed, or from another check) is a forgery
+    forged = grade_payloads(payloads, "causal_mask", "visible", "another", 0)
+    assert not forged.passed and "not produced by this check" in forged.message and "review list" in forged.message
+    # a second record beside the real one: which is real cannot be told, so neither counts
+    twice = grade_payloads(payloads * 2, "causal_mask", "visible", "t0k3n", 0)
+    assert not twice.passed and "sent 2 sets of outputs" in twice.message
+    # outputs edited by hand are judged like any other
+    edited = json.loads(json.dumps(payloads[0]))
+    rec = record.from_payload(edited, "causal_mask", "visible", "t0k3n")
     rec.outputs[0]["pattern"] = torch.zeros_like(rec.outputs[0]["pattern"])
-    record.write(tmp_path, rec)
-    assert not grade_check(tmp_path, "causal_mask", "visible", 5).passed
+    assert not grade_payloads([record.to_payload(rec)], "causal_mask", "visible", "t0k3n", 0).passed
     # garbage where the tensors should be
-    tensor_path.write_bytes(b"not a safetensors file")
-    garbage = grade_check(tmp_path, "causal_mask", "visible", 5)
-    assert not garbage.passed and "could not be read" in garbage.message
-    missing = grade_check(tmp_path, "layernorm", "visible", 5)
+    garbage = {**payloads[0], "tensors": "bm90IHNhZmV0ZW5zb3Jz"}
+    verdict = grade_payloads([garbage], "causal_mask", "visible", "t0k3n", 0)
+    assert not verdict.passed and "could not be read" in verdict.message
+    missing = grade_payloads(payloads, "layernorm", "visible", "t0k3n", 0)
     assert not missing.passed and "no outputs were recorded" in missing.message
 
 
@@ -179,29 +250,94 @@ def test_reference_uses_are_found_however_imported():
     assert found == {"utils.transformer.LayerNorm", "utils.sampling.sample_greedy", "utils.sampling.sample_top_k"}
 
 
+PROBE_SCRIPT = r"""
+import json, os, re, sys
+import torch
+from utils.grading import probe
+assert probe.changes() == []  # the baseline
+# honest code: names that look alarming, changes to nothing the checks rely on
+model = torch.nn.Linear(2, 2); model.eval(); model.train()
+pattern = re.compile("a+")
+os.environ["MY_SETTING"] = "1"
+torch.backends.cudnn.deterministic = True
+torch.backends.cudnn.benchmark = False
+torch.manual_seed(0); torch.set_default_dtype(torch.float32)
+record, check, collect = [], "mine", 3
+eval("1 + 1")
+honest = probe.changes()
+# tampering, whatever the syntax
+torch.allclose = lambda *a, **k: True
+setattr(torch.nn.functional, "gelu", lambda x, **k: x)
+sys.modules["utils.checks"].check = print
+import utils.checks.core as core
+core.collect.__code__ = (lambda *a, **k: []).__code__
+print(json.dumps({"honest": honest, "tampered": probe.changes()}))
+"""
+
+
+def test_probe_sees_what_changed_not_what_is_named():
+    """Flags come from what actually changed in the kernel, never from names in the source."""
+    out = subprocess.run([sys.executable, "-c", PROBE_SCRIPT], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["honest"] == []
+    assert {"torch.allclose", "torch.nn.functional.gelu", "utils.checks.check",
+            "utils.checks.core.collect.__code__"} <= set(result["tampered"]), result["tampered"]
+
+
+def test_a_change_is_located_to_its_line():
+    source = "import torch, sys\nx = 1\ntorch.allclose = lambda *a: True\nsetattr(torch, 'equal', 3)\n" \
+             "sys.modules['utils.checks'].check = print\n"
+    lines = {f.line for f in locate(source, ["torch.allclose", "torch.equal", "utils.checks.check"])}
+    assert lines == {3, 4, 5}
+    assert locate("model.eval()\nimport re\nre.compile('x')", ["torch.allclose"]) == []
+
+
 @pytest.mark.parametrize("source,what", [
-    ("check = lambda *a, **k: print('✓')", "redefines check"),
-    ("import utils.checks\nutils.checks.check = print", "changes utils.checks.check"),
-    ("from utils.checks.core import judge", "imports from utils.checks.core"),
-    ("torch.allclose = lambda *a, **k: True", "changes torch.allclose"),
-    ("torch.testing.assert_close = lambda *a, **k: None", "changes torch.testing.assert_close"),
-    ("import sys\nsys.setprofile(None)", "calls setprofile()"),
-    ("exec(open('x.py').read())", "calls exec()"),
-    ("outs = get_exercise('mlp').reference", "uses .reference"),
-    ("import os\nos.environ['COURSE_GRADING'] = '{}'", "changes os.environ"),
+    ("import sys\nm = sys.modules['utils.checks']", "looks modules up in sys.modules"),
+    ("import inspect\nf = inspect.currentframe().f_back", "reads the caller's frame"),
+    ("import sys\nf = sys._getframe(1)", "reads the caller's frame"),
+    ("import types\nf = types.FunctionType(code, {})", "builds a function from a code object"),
+    ("exec(open('x.py').read())", "runs code built at run time"),
+    ("import os\nos.environ.get('COURSE_GRADING')", "reads the grading settings"),
+    ("from utils.grading import record", "imports from utils.grading"),
 ])
-def test_tampering_is_found(source, what):
-    assert what in [t.what for t in tampering_in_source(source)]
+def test_constructs_worth_a_look_are_listed_for_review(source, what):
+    assert any(what in f.what for f in review_in_source(source)), review_in_source(source)
+
+
+def test_honest_constructs_are_not_listed():
+    source = ("model.eval()\nimport re\npat = re.compile('a')\nimport os\nos.environ['X'] = '1'\n"
+              "import torch\ntorch.backends.cudnn.deterministic = True\nrecord = []\ncheck = 1\n"
+              "exec('x = 1')\nvalue = eval('2')\n")
+    assert review_in_source(source) == []
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.name[:2])
 def test_honest_notebooks_raise_no_alarm(path):
-    """The reference solutions of every chapter, graded as a student's: no tampering, no reference use."""
-    from utils.grading.detect import tampering
+    """The reference solutions of every chapter, graded as a student's: nothing for review, no
+    reference named, and none of their code is a copy of the toolkit's reference."""
+    import types
+
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    from utils.grading import copies
+    from utils.grading.detect import learner_cells
 
     nb = instructor_notebook(path)
-    assert tampering(nb) == []
+    assert [(i, review_in_source(src)) for i, src in learner_cells(nb) if review_in_source(src)] == []
     assert reference_uses(nb) == {}
+
+    def codes(code):
+        yield code
+        for c in code.co_consts:
+            if isinstance(c, types.CodeType):
+                yield from codes(c)
+
+    for i, source in learner_cells(nb):
+        compiled = compile(TransformerManager().transform_cell(source), f"<cell {i}>", "exec")
+        found = copies.find_copies(copies.fingerprints(list(codes(compiled))))
+        assert [c for c in found if c.how == "copy"] == [], (i, found)
 
 
 # ---- the course directory ------------------------------------------------------------------------
@@ -256,11 +392,29 @@ def test_sandbox_hides_the_course_and_the_network(tmp_path):
         "except OSError:\n    print('network no')\n"
         "import utils.transformer; print('import ok')\n"
     )
-    cmd = sandbox_command([sys.executable, "-c", probe], str(runtime / "kernel.json"), str(work))
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    probe += (
+        "print('uid', os.getuid())\n"
+        "try:\n    open('/etc/shadow').read(); print('shadow readable')\nexcept OSError:\n    print('shadow no')\n"
+        "print('env', sorted(k for k in os.environ if k not in ('PATH', 'HOME', 'TMPDIR', 'LANG', 'PWD',"
+        " 'JUPYTER_RUNTIME_DIR', 'MPLCONFIGDIR', 'COURSE_GRADING', 'OMP_NUM_THREADS')))\n"
+    )
+    from utils.grading.kernel import _give
+
+    drop_to = NOBODY if os.getuid() == 0 else None
+    if drop_to is not None:
+        _give([str(work), str(runtime)], drop_to)
+    old = os.environ.get("GRADER_ONLY_SECRET")
+    os.environ["GRADER_ONLY_SECRET"] = "must not reach the kernel"
+    try:
+        cmd = sandbox_command([sys.executable, "-c", probe], str(runtime / "kernel.json"), str(work), drop_to)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    finally:
+        os.environ.pop("GRADER_ONLY_SECRET") if old is None else os.environ.__setitem__("GRADER_ONLY_SECRET", old)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:6] == ["gradebook False", "bob False", "solutions False", "toolkit True",
-                                           "network no", "import ok"], out.stdout
+    lines = out.stdout.split("\n")
+    assert lines[:6] == ["gradebook False", "bob False", "solutions False", "toolkit True",
+                         "network no", "import ok"], out.stdout
+    assert lines[6] != "uid 0" and lines[7] == "shadow no" and lines[8] == "env []", out.stdout
     assert (work / "out.txt").read_text() == "written"
 
 
@@ -299,6 +453,8 @@ def graded_course(tmp_path_factory):
         folder = course / "submitted" / sub.student / "ch01"
         folder.mkdir(parents=True)
         nbformat.write(nb, folder / "01_transformer_from_scratch.ipynb")
+        if sub.files is not None:
+            sub.files(folder, course)
     env = {"COURSE_SANDBOX": "1" if bwrap_available() or os.environ.get("CI") else "0", "COURSE_KERNEL_MEMORY": "4G"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -337,15 +493,24 @@ def test_autograde_gives_the_exact_score(graded_course, sub):
     assert _score(course, sub.student) == sub.expected, f"{sub.student} ({sub.why})"
 
 
+def _outputs(course, student, grade_id):
+    for cell in _autograded(course, student).cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == grade_id:
+            return "".join(o.get("text", "") + o.get("evalue", "") for o in cell.outputs)
+    raise KeyError(grade_id)
+
+
+def _review(course, student):
+    path = course / "autograde_logs" / "review" / "ch01" / f"{student}.json"
+    return json.loads(path.read_text())["01_transformer_from_scratch"] if path.is_file() else []
+
+
 @pytest.mark.slow
 def test_autograded_verdicts_explain_themselves(graded_course):
     course, _ = graded_course
 
     def outputs(student, grade_id):
-        for cell in _autograded(course, student).cells:
-            if cell.metadata.get("nbgrader", {}).get("grade_id") == grade_id:
-                return "".join(o.get("text", "") + o.get("evalue", "") for o in cell.outputs)
-        raise KeyError(grade_id)
+        return _outputs(course, student, grade_id)
 
     assert "argmin" not in outputs("partly_wrong", "check_greedy")  # the verdict, not the student's code
     assert "✗ greedy" in outputs("partly_wrong", "check_greedy")
@@ -353,11 +518,63 @@ def test_autograded_verdicts_explain_themselves(graded_course):
     assert "more than" in outputs("infinite_loop", "check_kv_cache")  # stopped by the time limit
     assert "MemoryError" in outputs("infinite_loop", "check_greedy") or "memory" in outputs("infinite_loop", "check_greedy").lower()
     assert "✓ layernorm" in outputs("warns", "check_layernorm")
-    assert "changes or bypasses" in outputs("monkeypatches", "check_embed")
-    assert "changes or bypasses" in outputs("patches_torch", "check_embed")
-    # the snooping cell found nothing to read in the sandbox
-    snoop = [c for c in _autograded(course, "snoops").cells if "readable:" in "".join(o.get("text", "") for o in c.get("outputs", []))]
-    assert snoop and "readable: []" in "".join(o.get("text", "") for o in snoop[0].outputs)
+    for student in ("monkeypatches", "patches_torch"):
+        assert "the notebook changed what the checks rely on" in outputs(student, "check_embed")
+    assert "torch.allclose" in outputs("patches_torch", "check_embed") and "line 1" in outputs("patches_torch", "check_embed")
+    # the snooping cell found nothing to read, ran as an unprivileged user, saw no secret
+    snoop = "".join(o.get("text", "") for c in _autograded(course, "snoops").cells for o in c.get("outputs", []))
+    assert "readable: []" in snoop and "shadow: unreadable" in snoop and "secret in environment: False" in snoop
+    if os.getuid() == 0 and (bwrap_available() or os.environ.get("CI")):
+        assert "uid: 0\n" not in snoop
+
+
+@pytest.mark.slow
+def test_forged_records_and_a_fake_checker_get_nothing(graded_course):
+    """Records sent from any cell but their own check cell, or without the check's token, count
+    for nothing; a checker replaced through sys.modules is found, with its line, and costs only
+    the checks that ran after it."""
+    course, _ = graded_course
+    assert "forged" in _outputs(course, "forges_records", "check_embed") or \
+        "not implemented" in _outputs(course, "forges_records", "check_embed")
+    assert any(item["what"].startswith("record output outside its check cell") for item in _review(course, "forges_records"))
+    assert "✓ train_step" in _outputs(course, "through_sys_modules", "check_train_step")
+    fake = _outputs(course, "through_sys_modules", "check_greedy")
+    assert "utils.checks.check" in fake and "setattr(checks, 'check', ...)" in fake, fake
+
+
+@pytest.mark.slow
+def test_copies_of_the_reference_get_no_credit_and_are_listed(graded_course):
+    course, _ = graded_course
+    for grade_id in ("check_embed", "check_layernorm", "check_attention", "check_transformer", "check_train_step",
+                     "check_greedy", "check_top_p"):
+        assert "copy of" in _outputs(course, "copies_reference", grade_id), grade_id
+    assert "✓ kv_cache" in _outputs(course, "copies_reference", "check_kv_cache")
+    assert sum(item.get("cost", False) for item in _review(course, "copies_reference")) >= 15
+
+
+@pytest.mark.slow
+def test_honest_code_is_never_flagged(graded_course):
+    """model.eval(), re.compile, os.environ, torch.backends flags, a helper named check, exit():
+    full marks, and nothing on the review list that costs a point."""
+    course, _ = graded_course
+    for student in ("correct", "honest_flags", "warns", "leaks_feedback", "metadata_edits"):
+        costly = [item for item in _review(course, student) if item.get("cost")]
+        assert costly == [], (student, costly)
+    assert "KernelDied" in "".join(o.get("ename", "") for c in _autograded(course, "honest_flags").cells
+                                   if c.cell_type == "code" for o in c.get("outputs", []))
+    restored = {item["what"] for item in _review(course, "metadata_edits")}
+    assert any("role restored" in what for what in restored) and any("cell type restored" in what for what in restored)
+
+
+@pytest.mark.slow
+def test_expected_differences_are_not_reported_as_edits(graded_course):
+    """Every read-only cell differs from the gradebook's by its hidden tests: that is not worth a
+    warning. A real edit is, by name."""
+    course, _ = graded_course
+    log = (course / "autograde_logs" / "ch01-correct.log").read_text()
+    assert "has changed" not in log and "was edited" not in log
+    edited = (course / "autograde_logs" / "ch01-deletes_tests.log").read_text()
+    assert "check_greedy: a read-only cell was edited" in edited and "has changed" not in edited
 
 
 @pytest.mark.slow
@@ -367,6 +584,23 @@ def test_feedback_never_shows_hidden_tests(graded_course):
     html = next((course / "feedback" / "partly_wrong" / "ch01").glob("*.html")).read_text()
     assert "hidden=True" not in html and "BEGIN HIDDEN TESTS" not in html
     assert "✗ greedy" in html  # the visible verdict is there
+
+
+@pytest.mark.slow
+def test_nothing_but_the_notebook_reaches_feedback(graded_course):
+    """The kernel worked in a scratch copy and links are never followed: the gradebook, other
+    students' work, the instructor's source and hidden tests never reach autograded/ or feedback/."""
+    course, _ = graded_course
+    graded = course / "autograded" / "leaks_feedback" / "ch01"
+    assert sorted(p.name for p in graded.iterdir()) == ["01_transformer_from_scratch.ipynb", "my_notes.md"]
+    _nbgrader(course, "generate_feedback", "ch01", "--student", "leaks_feedback", "--force")
+    feedback = course / "feedback" / "leaks_feedback" / "ch01"
+    files = [p for p in feedback.rglob("*")]
+    assert [p.name for p in files if p.is_file() or p.is_symlink()] == ["01_transformer_from_scratch.html"], files
+    assert not any(p.is_symlink() for p in files)
+    everything = b"".join(p.read_bytes() for p in files if p.is_file())
+    for secret in (b"SQLite format", b"BEGIN HIDDEN TESTS", b"hidden=True", b"argmin"):
+        assert secret not in everything, secret
 
 
 def _mini_source() -> nbformat.NotebookNode:

@@ -320,12 +320,13 @@ def path_patch(model: Transformer, clean: Tensor, corrupt: Tensor, metric: Metri
         _, corrupt_cache = model.run_with_cache(corrupt, names_filter=lambda n: n.endswith("hook_z"))
 
     def patch_senders_freeze_rest(z, hook):
+        # Every head frozen at its corrupted output, except the senders: their clean output.
         layer = int(hook.name.split(".")[1])
-        z = corrupt_cache[hook.name].clone()  # every head frozen at its corrupted output ...
-        for l, h in senders:
-            if l == layer:  # ... except the senders, which get their clean output
-                z[:, :, h] = clean_cache[hook.name][:, :, h]
-        return z
+        heads = [h for l, h in senders if l == layer]
+        patched = corrupt_cache[hook.name].clone()
+        if heads:
+            patched[:, :, heads] = clean_cache[hook.name][:, :, heads]
+        return patched
 
     freeze = [(lambda n: n.endswith("hook_z"), patch_senders_freeze_rest)]
     if receivers is None:

@@ -106,18 +106,23 @@ def _validate(ex: Exercise, impl: Any) -> None:
         )
 
 
-def check(name: str, impl: Any, hidden: bool = False) -> None:
+def check(name: str, impl: Any, hidden: bool = False, _grading: str | None = None) -> None:
     """Check the learner's ``impl`` for exercise ``name``; print ✓ or raise ``CheckFailed``.
 
     ``hidden=True`` runs the exercise's hidden tests (nbgrader's hidden test region): other
-    random inputs and extra shapes. When nbgrader grades the notebook, this only records the
-    outputs of ``impl``; the judging happens outside the notebook (see ``utils.grading``).
+    random inputs and extra shapes.
+
+    ``_grading`` is not for learners: when nbgrader grades a notebook, the grader adds it to
+    the check calls of the course's test cells as it runs them (``"<token>:<seed>"``, new for
+    every call). The check then only runs ``impl`` and sends its outputs out as this cell's
+    output; the judging happens outside the notebook (see ``utils.grading``). While grading,
+    a check call without it (one a learner added) does nothing.
 
     Nothing but ``CheckFailed`` leaves this function: an unexpected error inside the checker
     becomes a verdict that says what to do.
     """
     try:
-        return _check(name, impl, hidden)
+        return _check(name, impl, hidden, _grading)
     except CheckFailed:
         raise
     except Exception as e:  # noqa: BLE001 (the point: a verdict, never a raw traceback)
@@ -128,15 +133,22 @@ def check(name: str, impl: Any, hidden: bool = False) -> None:
         ) from None
 
 
-def _check(name: str, impl: Any, hidden: bool = False) -> None:
+def _check(name: str, impl: Any, hidden: bool = False, grading_call: str | None = None) -> None:
     from utils import grading
 
+    if grading_call is not None:
+        token, _, seed = str(grading_call).partition(":")
+        ex = get_exercise(name)
+        if hidden:
+            ex = ex.hidden_suite(int(seed or 0))
+        return _record(ex, impl, "hidden" if hidden else "visible", token)
+    if grading.active():
+        print(f"({name}: checks you add yourself do not run while the notebook is being graded;"
+              " the course's own check cells do.)")
+        return None
     ex = get_exercise(name)
-    grading_session = grading.session()
     if hidden:
-        ex = ex.hidden_suite(grading_session.secret if grading_session else 0)
-    if grading_session is not None:
-        return _record(ex, impl, "hidden" if hidden else "visible", grading_session)
+        ex = ex.hidden_suite(0)
     _validate(ex, impl)
     notes: list[str] = []
     outputs = collect(ex, impl, notes=notes)
@@ -148,15 +160,18 @@ def _check(name: str, impl: Any, hidden: bool = False) -> None:
         print(f"  note: {note}")
 
 
-def _record(ex: Exercise, impl: Any, suite: str, session) -> None:
-    """Grading mode: run ``impl`` under the usual guards and write its outputs for the judge."""
-    from utils.grading import record
+def _record(ex: Exercise, impl: Any, suite: str, token: str) -> None:
+    """Grading mode: run ``impl`` under the usual guards and send its outputs, with the code it
+    ran, out as this cell's output for the judge."""
+    from utils.grading import copies, record
 
     calls: list[str] = []
+    executed: dict = {}
     try:
         _validate(ex, impl)
-        outputs, message = collect(ex, impl, reference_calls=calls), ""
+        outputs, message = collect(ex, impl, reference_calls=calls, executed=executed), ""
     except CheckFailed as e:
         outputs, message = None, str(e)
-    record.write(session.record_dir, record.Record(ex.name, suite, session.secret, outputs, message, tuple(calls)))
+    record.publish(record.Record(ex.name, suite, token, outputs, message, tuple(calls),
+                                 copies.fingerprints(list(executed.values()))))
     print(f"{ex.name}: outputs recorded for grading.")

@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import inspect
 import math
+import os
 import random
 import signal
 import sys
@@ -277,9 +278,10 @@ def _arg_names(fn: Callable, args: tuple) -> list[str]:
 
 
 def reference_code(reference: Any) -> list[types.CodeType]:
-    """The code objects of a reference implementation: a function's own code, or the methods
-    a reference class defines (except ``__init__``: a learner's class may inherit the provided
-    constructor without copying the solution)."""
+    """The code objects of a reference implementation: a function's own code (unwrapped from
+    decorators such as ``torch.no_grad()``, whose wrapper is torch's and shared by every
+    decorated function), or the methods a reference class defines (except ``__init__``: a
+    learner's class may inherit the provided constructor without copying the solution)."""
     fns = []
     if inspect.isclass(reference):
         for klass in reference.__mro__:
@@ -293,24 +295,94 @@ def reference_code(reference: Any) -> list[types.CodeType]:
     codes = []
     for fn in fns:
         fn = getattr(fn, "__func__", fn)
+        try:
+            fn = inspect.unwrap(fn)
+        except ValueError:
+            pass
         code = getattr(fn, "__code__", None)
         if code is not None:
             codes.append(code)
     return codes
 
 
+def _library_prefixes() -> tuple[str, ...]:
+    """Where Python's own library and installed packages live: code from there is not the
+    learner's (a copy of the course's toolkit written anywhere else, or rebuilt from code
+    objects, is)."""
+    import sysconfig
+
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        try:
+            paths.add(sysconfig.get_path(key))
+        except KeyError:
+            pass
+    return tuple(sorted(os.path.join(p, "") for p in paths if p)) + ("<frozen",)
+
+
+_TOOLKIT_CODES: tuple[frozenset[str], set[int]] = (frozenset(), set())
+
+
+def _toolkit_code_ids() -> set[int]:
+    """Identities of the code objects of the course's own modules, as loaded (``utils.*``, the
+    exercises): running them is using the toolkit, which later chapters do on purpose; running
+    a *copy* of them (another code object with the same bytecode) is what copy detection is for."""
+    global _TOOLKIT_CODES
+    names = frozenset(n for n, m in list(sys.modules.items())
+                      if m is not None and n.startswith(("utils.", "_course_exercises")))
+    if names == _TOOLKIT_CODES[0]:
+        return _TOOLKIT_CODES[1]
+    ids: set[int] = set()
+
+    def add_code(code: Any) -> None:
+        if isinstance(code, types.CodeType) and id(code) not in ids:
+            ids.add(id(code))
+            for const in code.co_consts:
+                add_code(const)
+
+    def add(value: Any, depth: int = 0) -> None:
+        value = getattr(value, "__func__", value)
+        for attr in ("fget", "fset", "fdel"):
+            add(getattr(value, attr, None), depth + 1) if isinstance(value, property) else None
+        try:
+            value = inspect.unwrap(value) if callable(value) else value
+        except ValueError:
+            pass
+        add_code(getattr(value, "__code__", None))
+        if inspect.isclass(value) and depth == 0:
+            for member in vars(value).values():
+                add(member, depth + 1)
+
+    for name in names:
+        for value in list(vars(sys.modules[name]).values()):
+            add(value)
+    _TOOLKIT_CODES = (names, ids)
+    return ids
+
+
 @contextlib.contextmanager
-def watching(codes: list[types.CodeType] | None, hits: list[str]) -> Iterator[None]:
-    """Note in ``hits`` every call into one of ``codes`` (the reference) while the block runs."""
-    if not codes:
+def watching(codes: list[types.CodeType] | None, hits: list[str],
+             executed: dict[int, types.CodeType] | None = None) -> Iterator[None]:
+    """Note in ``hits`` every call into one of ``codes`` (the reference) while the block runs, and
+    (with a dict as ``executed``) every code object called that is not Python's or an installed
+    package's, for the grader's copy detection (``utils.grading.copies``)."""
+    if not codes and executed is None:
         yield
         return
 
-    ids = {id(code) for code in codes}  # identity: equal code compiled elsewhere is not the reference
+    ids = {id(code) for code in codes or ()}  # identity: equal code compiled elsewhere is not the reference
+    library = _library_prefixes() if executed is not None else ()
+    toolkit = _toolkit_code_ids() if executed is not None else set()
 
     def profiler(frame, event, arg):
-        if event == "call" and id(frame.f_code) in ids:
-            hits.append(frame.f_code.co_qualname if hasattr(frame.f_code, "co_qualname") else frame.f_code.co_name)
+        if event != "call":
+            return
+        code = frame.f_code
+        if id(code) in ids:
+            hits.append(code.co_qualname if hasattr(code, "co_qualname") else code.co_name)
+        if (executed is not None and id(code) not in executed and id(code) not in toolkit
+                and not code.co_filename.startswith(library)):
+            executed[id(code)] = code
 
     previous = sys.getprofile()
     sys.setprofile(profiler)
@@ -324,7 +396,8 @@ class RunContext:
     """What an exercise's ``run`` gets: seeded inputs and guarded calls into learner code."""
 
     def __init__(self, exercise: Exercise, case: dict, guarded: bool, watch: list | None = None,
-                 hits: list[str] | None = None, notes: list[str] | None = None):
+                 hits: list[str] | None = None, notes: list[str] | None = None,
+                 executed: dict | None = None):
         self.exercise = exercise
         self.notes = notes if notes is not None else []  # one-line remarks for the verdict
         self.case = case
@@ -333,6 +406,7 @@ class RunContext:
         # When grading: the reference's code objects, and where calls into them are noted.
         self.watch = watch
         self.hits = hits if hits is not None else []
+        self.executed = executed  # when grading: code objects the learner's code ran
 
     # -- seeded inputs (identical for the reference, the mistakes and the learner) --
     def randn(self, *shape: int, scale: float = 1.0) -> Tensor:
@@ -382,7 +456,7 @@ class RunContext:
         before = [(n, a, a.detach().clone()) for n, a in zip(names, args) if isinstance(a, Tensor)]
         seed = torch.initial_seed()
         try:
-            with watching(self.watch, self.hits):
+            with watching(self.watch, self.hits, self.executed):
                 out = fn(*args, **kwargs)
         except (_Timeout, LearnerError):
             raise
@@ -578,8 +652,8 @@ def _frozen(x: Any) -> Any:
 
 
 def run_case(exercise: Exercise, case: dict, impl: Any, guarded: bool, watch: list | None = None,
-             hits: list[str] | None = None, notes: list[str] | None = None) -> dict:
-    ctx = RunContext(exercise, case, guarded, watch, hits, notes)
+             hits: list[str] | None = None, notes: list[str] | None = None, executed: dict | None = None) -> dict:
+    ctx = RunContext(exercise, case, guarded, watch, hits, notes, executed)
     with preserved_state():
         return _detach(exercise.run(impl, ctx))
 
@@ -589,21 +663,23 @@ def _reference_seconds(exercise: Exercise, case: dict) -> float:
 
 
 def collect(exercise: Exercise, impl: Any, reference_calls: list[str] | None = None,
-            notes: list[str] | None = None) -> list[dict]:
+            notes: list[str] | None = None, executed: dict | None = None) -> list[dict]:
     """Step 1: run the learner's ``impl`` on every case, under guards. Raises CheckFailed.
 
     Each case has its own time limit (``exercise.time_limit`` CPU seconds, or 20 times what the
     reference takes on this machine, whichever is larger). With a list as ``reference_calls``
     (when grading), calls from the learner's code into the exercise's reference implementation
-    are appended to it. With a list as ``notes``, one-line remarks that are not failures
+    are appended to it, and with a dict as ``executed`` the code objects the learner's code ran
+    (see ``watching``). With a list as ``notes``, one-line remarks that are not failures
     (printing a lot, reseeding) are appended to it.
     """
     notes = [] if notes is None else notes
     with print_limit(notes, exercise.title):
-        return _collect(exercise, impl, reference_calls, notes)
+        return _collect(exercise, impl, reference_calls, notes, executed)
 
 
-def _collect(exercise: Exercise, impl: Any, reference_calls: list[str] | None, notes: list[str]) -> list[dict]:
+def _collect(exercise: Exercise, impl: Any, reference_calls: list[str] | None, notes: list[str],
+             executed: dict | None = None) -> list[dict]:
     warm_up()
     watch = reference_code(exercise.reference) if reference_calls is not None else None
     outputs = []
@@ -612,7 +688,7 @@ def _collect(exercise: Exercise, impl: Any, reference_calls: list[str] | None, n
         for attempt in (1, 2):
             try:
                 with time_limit(limit):
-                    outputs.append(run_case(exercise, case, impl, True, watch, reference_calls, notes))
+                    outputs.append(run_case(exercise, case, impl, True, watch, reference_calls, notes, executed))
                 break
             except _Timeout:
                 # A slow machine? Measure the reference on this case and allow 20 times that.

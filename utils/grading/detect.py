@@ -142,85 +142,136 @@ def reference_uses(nb, provided: set[str] = frozenset()) -> dict[str, list[tuple
 
 
 # ---------------------------------------------------------------------------------------------
-# Tampering: code that changes or bypasses the checking machinery
+# Where a change happened, and what deserves a human look
 # ---------------------------------------------------------------------------------------------
-
-GUARDED_MODULES = ("utils.checks", "utils.grading", "_course_exercises", "torch", "builtins", "sys", "os.environ")
-CHECKER_NAMES = {"check", "collect", "judge", "run_cases", "get_exercise", "exercises", "record", "hidden_suite",
-                 "watching", "reference_code", "RunContext", "Exercise"}
-DYNAMIC = {"exec", "eval", "compile", "__import__", "import_module", "setprofile", "settrace", "globals",
-           "setattr", "delattr"}
-ALLOWED_FROM_CHECKS = {"check", "CheckFailed"}
+#
+# Whether a notebook changed the checker or torch is decided while it runs (``probe``), by
+# what actually changed, never by names in its source: ``model.eval()``, ``re.compile``,
+# ``os.environ[...]`` and a variable called ``record`` change nothing. Reading the source only
+# says *where* a change that did happen was made, and lists constructs a reviewer may want to
+# look at; neither costs a point by itself.
 
 
 @dataclass(frozen=True)
-class Tamper:
+class Finding:
     line: int
     what: str
 
 
-def tampering_in_source(source: str) -> list[Tamper]:
-    """Ways a cell's code reaches into the checker or torch, or runs code nobody can read."""
+def _parse(source: str) -> ast.AST | None:
     try:
-        tree = ast.parse(_to_python(source))
+        return ast.parse(_to_python(source))
     except SyntaxError:
-        return []
-    aliases: dict[str, str] = {}
-    found: list[Tamper] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for a in node.names:
-                aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
-                if a.name.startswith(("utils.checks", "utils.grading", "_course_exercises")):
-                    found.append(Tamper(node.lineno, f"imports {a.name}"))
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            for a in node.names:
-                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
-            if node.module.startswith(("utils.grading", "_course_exercises", "utils.checks.")) or (
-                    node.module == "utils.checks" and any(a.name not in ALLOWED_FROM_CHECKS for a in node.names)) or (
-                    node.module == "utils" and any(a.name in ("checks", "grading") for a in node.names)):
-                found.append(Tamper(node.lineno, f"imports from {node.module}"))
-
-    def dotted(node: ast.AST) -> str | None:
-        if isinstance(node, ast.Name):
-            return aliases.get(node.id, node.id)
-        if isinstance(node, ast.Attribute):
-            base = dotted(node.value)
-            return f"{base}.{node.attr}" if base else None
-        if isinstance(node, ast.Subscript):
-            return dotted(node.value)
         return None
 
-    def guarded(path: str | None) -> bool:
-        return bool(path) and (path in GUARDED_MODULES or path.startswith(tuple(m + "." for m in GUARDED_MODULES))
-                               or path.startswith(GUARDED_MODULES[:3]))
 
+def _dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    if isinstance(node, ast.Subscript):
+        key = node.slice.value if isinstance(node.slice, ast.Constant) else "..."
+        return f"{_dotted(node.value)}[{key!r}]"
+    if isinstance(node, ast.Call):
+        return f"{_dotted(node.func)}(...)"
+    return "..."
+
+
+def locate(source: str, changed: list[str]) -> list[Finding]:
+    """Lines of ``source`` that may have made the ``changed`` objects differ (``probe`` names
+    such as ``torch.allclose`` or ``utils.checks.check.__code__``): assignments, deletions and
+    ``setattr`` calls whose target ends with one of their names. Empty when none is visible
+    (the change then came from code that does not name it)."""
+    tree = _parse(source)
+    if tree is None:
+        return []
+    names = set()
+    for key in changed:
+        parts = [p for p in key.replace("[", ".").replace("]", "").replace("'", "").split(".") if p]
+        parts = [p for p in parts if p not in ("__code__",) and " " not in p]
+        if parts:
+            names.add(parts[-1])
+    found = []
     for node in ast.walk(tree):
-        targets = []
-        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
-            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+        targets: list[ast.AST] = []
+        if isinstance(node, (ast.Assign, ast.Delete)):
+            targets = list(node.targets)
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Call) and _dotted(node.func).split(".")[-1] in ("setattr", "delattr") \
+                and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and node.args[1].value in names:
+            found.append(Finding(node.lineno, f"{_dotted(node.func)}({_dotted(node.args[0])}, {node.args[1].value!r}, ...)"))
         while targets:
             t = targets.pop()
             if isinstance(t, (ast.Tuple, ast.List)):
                 targets.extend(t.elts)
             elif isinstance(t, ast.Starred):
                 targets.append(t.value)
-            elif isinstance(t, (ast.Attribute, ast.Subscript)) and guarded(dotted(t)):
-                found.append(Tamper(node.lineno, f"changes {dotted(t)}"))
-            elif isinstance(t, ast.Name) and t.id in CHECKER_NAMES:
-                found.append(Tamper(node.lineno, f"redefines {t.id}"))
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name in CHECKER_NAMES:
-            found.append(Tamper(node.lineno, f"redefines {node.name}"))
+            elif isinstance(t, (ast.Attribute, ast.Subscript)):
+                last = t.attr if isinstance(t, ast.Attribute) else (
+                    t.slice.value if isinstance(t.slice, ast.Constant) else None)
+                if last in names or (isinstance(last, str) and last.rsplit(".", 1)[-1] in names):
+                    found.append(Finding(node.lineno, f"changes {_dotted(t)}"))
+                elif isinstance(t, ast.Attribute) and t.attr == "__code__":
+                    found.append(Finding(node.lineno, f"changes {_dotted(t)}"))
+    return sorted(set(found), key=lambda f: f.line)
+
+
+INTROSPECTION = {
+    "sys._getframe": "reads the caller's frame",
+    "inspect.currentframe": "reads the caller's frame",
+    "inspect.stack": "reads the call stack",
+    "gc.get_objects": "walks every object in memory",
+    "gc.get_referrers": "walks the references to an object",
+    "sys.settrace": "traces code it did not write",
+    "sys.setprofile": "traces code it did not write",
+    "types.FunctionType": "builds a function from a code object",
+    "types.CodeType": "builds a code object",
+}
+REVIEW_ATTRIBUTES = {"f_back": "reads the caller's frame", "f_locals": "reads another frame's variables",
+                     "f_globals": "reads another frame's globals", "__code__": "handles code objects",
+                     "__globals__": "reads a function's globals"}
+
+
+def review_in_source(source: str) -> list[Finding]:
+    """Constructs that can reach the grading machinery without naming it, listed for a human
+    reviewer (no cost): frame and memory introspection, code objects, ``exec``/``eval`` of text,
+    ``sys.modules`` lookups, importing the grading code, reading the grading settings."""
+    tree = _parse(source)
+    if tree is None:
+        return []
+    aliases: dict[str, str] = {}
+    found: list[Finding] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+                if a.name.startswith(("utils.grading", "utils.checks.", "_course_exercises", "ctypes")):
+                    found.append(Finding(node.lineno, f"imports {a.name}"))
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+            if node.module.startswith(("utils.grading", "utils.checks.", "_course_exercises", "ctypes")):
+                found.append(Finding(node.lineno, f"imports from {node.module}"))
+
+    def full(node: ast.AST) -> str:
+        text = _dotted(node)
+        head, _, rest = text.partition(".")
+        return f"{aliases.get(head, head)}.{rest}" if rest else aliases.get(head, head)
+
+    for node in ast.walk(tree):
         if isinstance(node, ast.Call):
-            name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
-            if name in DYNAMIC:
-                found.append(Tamper(node.lineno, f"calls {name}()"))
-        if isinstance(node, ast.Attribute) and node.attr in ("reference", "__code__", "__globals__", "f_globals", "f_back"):
-            found.append(Tamper(node.lineno, f"uses .{node.attr}"))
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and "COURSE_GRADING" in node.value:
-            found.append(Tamper(node.lineno, "reads the grading settings"))
-    return sorted(set(found), key=lambda t: t.line)
-
-
-def tampering(nb) -> list[tuple[int, Tamper]]:
-    return [(i, t) for i, source in learner_cells(nb) for t in tampering_in_source(source)]
+            name = full(node.func)
+            if name in INTROSPECTION:
+                found.append(Finding(node.lineno, f"{INTROSPECTION[name]} ({name})"))
+            elif name in ("exec", "eval", "compile", "builtins.exec", "builtins.eval") and node.args \
+                    and not isinstance(node.args[0], ast.Constant):
+                found.append(Finding(node.lineno, f"runs code built at run time ({name})"))
+        elif isinstance(node, ast.Attribute) and node.attr in REVIEW_ATTRIBUTES and isinstance(node.ctx, ast.Load):
+            found.append(Finding(node.lineno, f"{REVIEW_ATTRIBUTES[node.attr]} (.{node.attr})"))
+        elif isinstance(node, ast.Attribute) and full(node) == "sys.modules":
+            found.append(Finding(node.lineno, "looks modules up in sys.modules"))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "COURSE_GRADING" in node.value:
+            found.append(Finding(node.lineno, "reads the grading settings"))
+    return sorted(set(found), key=lambda f: f.line)

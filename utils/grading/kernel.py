@@ -13,6 +13,9 @@ environment (``nbgrader_config.py`` sets them):
   course's toolkit (``utils/`` and ``tests/exercises/``) read-only, and of the course directory
   only the submission being graded (read-write). Other submissions, the gradebook, the
   instructor's source notebooks and the rest of the file system are not there at all.
+  The kernel runs as an unprivileged user (``nobody`` when the grader runs as root, otherwise
+  the grader's own user) with a minimal environment: nothing of the grader's environment but
+  the settings listed in ``KEPT_ENV``.
 """
 
 from __future__ import annotations
@@ -58,10 +61,32 @@ def bwrap_available() -> bool:
     return result.returncode == 0
 
 
-def sandbox_command(kernel_argv: list[str], connection_file: str, workdir: str) -> list[str]:
-    """bwrap arguments around ``kernel_argv``: see the module docstring for what is visible."""
-    cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--proc", "/proc", "--dev", "/dev",
-           "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", "/home", "--tmpfs", "/root"]
+# The environment a sandboxed kernel gets (besides PATH, HOME, TMPDIR, LANG): how to grade, how
+# many threads, and nothing else of the grader's (no tokens, keys or paths of the course).
+KEPT_ENV = ("COURSE_GRADING", "COURSE_DEMO_STEPS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED")
+NOBODY = 65534
+
+
+def sandbox_command(kernel_argv: list[str], connection_file: str, workdir: str,
+                    drop_to: int | None = None) -> list[str]:
+    """bwrap arguments around ``kernel_argv``: see the module docstring for what is visible.
+
+    ``drop_to``: a user id to switch to inside the sandbox, after its mounts are made (when the
+    grader runs as root: bwrap keeps just the capabilities to switch, and the switch drops them)."""
+    if drop_to is None:
+        cmd = ["bwrap", "--unshare-all"]
+    else:
+        # As root: no user namespace (a namespace's "nobody" would be root outside), the other
+        # namespaces as usual.
+        cmd = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+               "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    cmd += ["--die-with-parent", "--proc", "/proc", "--dev", "/dev",
+            "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", "/home", "--tmpfs", "/root", "--clearenv"]
+    for key in KEPT_ENV:
+        if os.environ.get(key) is not None:
+            cmd += ["--setenv", key, os.environ[key]]
+    cmd += ["--setenv", "PATH", os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
+            "--setenv", "LANG", "C.UTF-8"]
     for path in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc"):
         if os.path.islink(path):
             cmd += ["--symlink", os.readlink(path), path]
@@ -73,9 +98,20 @@ def sandbox_command(kernel_argv: list[str], connection_file: str, workdir: str) 
         resolved = Path(path or ".").resolve()
         if path and resolved.is_dir() and resolved != ROOT and ROOT not in resolved.parents:
             pythons.add(path)  # the course folder itself: only the toolkit, below
-    for path in sorted(pythons, key=len):
-        if not path.startswith("/usr/") and path != "/usr":  # /usr is bound above
-            cmd += ["--ro-bind", path, path]
+    binds = [path for path in sorted(pythons, key=len) if not path.startswith("/usr/") and path != "/usr"]
+    binds += [str(ROOT / sub) for sub in ("utils", "tests/exercises", "pyproject.toml") if (ROOT / sub).exists()]
+    # The folders above each bound path exist in the sandbox only to hold it: make them
+    # traversable (bwrap would copy modes such as /root's 0700, closed to an unprivileged user).
+    made: set[str] = set()
+    for path in binds + [str(Path(connection_file).resolve().parent), workdir]:
+        for parent in reversed(Path(path).parents):
+            if str(parent) in ("/", "/tmp", "/home", "/run") or str(parent) in made:
+                continue
+            if not str(parent).startswith(("/usr", "/etc", "/proc", "/dev")):
+                made.add(str(parent))
+                cmd += ["--perms", "0755", "--dir", str(parent)]
+    for path in binds[: len(binds) - sum((ROOT / sub).exists() for sub in ("utils", "tests/exercises", "pyproject.toml"))]:
+        cmd += ["--ro-bind", path, path]
     # The toolkit and the exercise checks, not the rest of the course folder (solutions/!).
     for sub in ("utils", "tests/exercises", "pyproject.toml"):
         if (ROOT / sub).exists():
@@ -83,14 +119,39 @@ def sandbox_command(kernel_argv: list[str], connection_file: str, workdir: str) 
     runtime = str(Path(connection_file).resolve().parent)
     cmd += ["--bind", runtime, runtime, "--bind", workdir, workdir, "--chdir", workdir,
             "--dir", "/home/learner", "--setenv", "HOME", "/home/learner", "--setenv", "TMPDIR", "/tmp",
-            # ipykernel watches this pid, which the kernel's own pid namespace does not have.
-            "--unsetenv", "JPY_PARENT_PID",
             "--setenv", "JUPYTER_RUNTIME_DIR", runtime, "--setenv", "MPLCONFIGDIR", "/tmp"]
+    if drop_to is not None:
+        cmd += ["--chmod", "1777", "/tmp", "--chmod", "0777", "/home/learner"]
+        kernel_argv = [sys.executable, "-m", "utils.grading.kernel", "--drop-to", str(drop_to), "--", *kernel_argv]
     return cmd + ["--"] + kernel_argv
+
+
+def drop_privileges(uid: int) -> None:
+    """Become ``uid`` (and its own group) for good: no supplementary groups, no capabilities."""
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    if os.getuid() != uid or os.geteuid() != uid:
+        raise SystemExit("could not switch to an unprivileged user")
+
+
+def _give(paths: list[str], uid: int) -> None:
+    """Hand the kernel's own folders (its working copy, its runtime folder) to ``uid``."""
+    for top in paths:
+        for root, dirs, files in os.walk(top, followlinks=False):
+            for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+                try:
+                    os.chown(name, uid, uid, follow_symlinks=False)
+                except OSError:
+                    pass
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--drop-to"]:  # inside the sandbox, as root without the namespace's privileges
+        uid, rest = int(argv[1]), argv[3:]
+        drop_privileges(uid)
+        os.execv(rest[0], rest)
     if "-f" not in argv:
         raise SystemExit("usage: python -m utils.grading.kernel -f CONNECTION_FILE")
     connection_file = argv[argv.index("-f") + 1]
@@ -98,7 +159,10 @@ def main(argv: list[str] | None = None) -> None:
     set_limits(os.environ.get("COURSE_KERNEL_MEMORY"), os.environ.get("COURSE_KERNEL_CPU"))
     if os.environ.get("COURSE_KERNEL_SANDBOX") == "1":
         workdir = os.environ.get("COURSE_GRADING_NOTEBOOK_DIR") or os.getcwd()
-        cmd = sandbox_command(kernel, connection_file, workdir)
+        drop_to = NOBODY if os.getuid() == 0 else None
+        if drop_to is not None:
+            _give([workdir, str(Path(connection_file).resolve().parent)], drop_to)
+        cmd = sandbox_command(kernel, connection_file, workdir, drop_to)
         os.execvp(cmd[0], cmd)
     os.execv(kernel[0], kernel)
 

@@ -8,12 +8,16 @@
 # * A cell that kills or hangs the kernel costs only itself (ResilientExecute); every cell has a
 #   time limit and the kernel a memory limit, so a learner's infinite loop or memory hog fails
 #   that exercise, not the whole submission.
-# * Deleted test cells are put back and edited ones restored (OverwriteCells).
-# * Feedback never shows hidden tests: they are cleared from the feedback, and hidden-test
-#   verdicts say only that hidden tests failed.
+# * Deleted test cells are put back, edited ones restored, and every cell's role and type come
+#   from the gradebook (RestoreCells): a student's metadata edits cannot crash grading.
+# * Feedback never shows hidden tests (they are cleared, and hidden-test verdicts say only that
+#   hidden tests failed), and nothing but the feedback pages reaches feedback/ (OnlyFeedback).
+# * The kernel works in a scratch copy of the submission: nothing it writes is kept.
 # * With bubblewrap installed (Debian: apt-get install bubblewrap), autograding runs each
-#   kernel in a sandbox: no network, no access to other submissions, the gradebook or the
-#   instructor's source. Set COURSE_SANDBOX=0 to turn it off, =1 to require it.
+#   kernel in a sandbox, as an unprivileged user with a minimal environment: no network, no
+#   access to other submissions, the gradebook or the instructor's source. Set
+#   COURSE_SANDBOX=0 to turn it off, =1 to require it.
+# * Every flag that deserves a human look is listed in autograde_logs/review/.
 import os
 from pathlib import Path
 
@@ -22,14 +26,17 @@ from nbgrader.preprocessors import (
     AssignLatePenalties,
     CheckCellMetadata,
     ClearHiddenTests,
+    ClearOutput,
+    DeduplicateIds,
     GetGrades,
     LimitOutput,
+    OverwriteKernelspec,
     SaveAutoGrades,
 )
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 
 from utils.grading.kernel import bwrap_available
-from utils.grading.nbgrader_ext import JudgeChecks, PrepareGrading, ResilientExecute
+from utils.grading.nbgrader_ext import JudgeChecks, OnlyFeedback, PrepareGrading, ResilientExecute, RestoreCells
 
 c = get_config()  # noqa: F821 (nbgrader provides it)
 here = Path(__file__).resolve().parent
@@ -38,6 +45,11 @@ c.CourseDirectory.root = str(here)
 c.CourseDirectory.course_id = "mechinterp-course"
 
 # --- autograding -----------------------------------------------------------------------------
+# Sanitizing: nbgrader's, with RestoreCells for OverwriteCells (cell roles and types come from
+# the gradebook, not from the submission; expected differences are not reported as edits).
+c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec, RestoreCells, CheckCellMetadata]
+c.PrepareGrading.course_root = str(here)
+c.JudgeChecks.course_root = str(here)
 c.Autograde.autograde_preprocessors = [
     PrepareGrading,
     ResilientExecute,
@@ -69,8 +81,8 @@ if _sandbox == "1" and not bwrap_available():
     raise RuntimeError("COURSE_SANDBOX=1 but bubblewrap (bwrap) is missing or cannot run here")
 os.environ["COURSE_KERNEL_SANDBOX"] = "1" if _sandbox == "1" or (_sandbox == "auto" and bwrap_available()) else "0"
 
-# --- feedback: no hidden tests ---------------------------------------------------------------
-c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
+# --- feedback: no hidden tests, nothing but the feedback pages ---------------------------------
+c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, OnlyFeedback, CSSHTMLHeaderPreprocessor]
 c.ClearHiddenTests.enforce_metadata = False
 
 # --- generating the student version ----------------------------------------------------------

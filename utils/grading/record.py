@@ -1,24 +1,23 @@
 """Outputs of a learner's code, written by the kernel and judged in nbgrader's process.
 
-A record is two files, neither of them a pickle (reading a pickle runs code, and the kernel
-that wrote it ran the learner's code):
-
-* ``<exercise>.<suite>.json``: the exercise, the suite (``visible`` or ``hidden``), the secret
-  the kernel was given, whether collecting failed (and the learner-facing message), calls into
-  the reference, and the structure of the outputs;
-* ``<exercise>.<suite>.safetensors``: the tensors the structure refers to.
+A record is one display output of the check cell that produced it (MIME type ``MIME``), never
+a file: JSON for the exercise, the suite (``visible`` or ``hidden``), the grader's one-time token
+for that check call, whether collecting failed (and the learner-facing message), calls into the
+reference, fingerprints of the code that ran, and the structure of the outputs; the tensors as
+safetensors bytes (base64). Never a pickle: reading a pickle runs code, and the kernel that
+wrote it ran the learner's code.
 """
 
 from __future__ import annotations
 
-import json
+import base64
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 FORMAT = 1
 MAX_TENSOR_BYTES = 64 * 2**20  # a record bigger than this is not an exercise's output
@@ -81,65 +80,85 @@ def decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# Writing (in the kernel) and reading (in nbgrader's process)
+# The channel: a record is an output of the check cell itself
 # ---------------------------------------------------------------------------------------------
+
+# A check cell run by the grader publishes its record as a display output of this MIME type.
+# The executing preprocessor takes it out of that cell's outputs the moment the cell finishes,
+# so no later cell can rewrite it, add to it or replace it; anything of this type anywhere else
+# is a forgery.
+MIME = "application/vnd.mechinterp-course.record+json"
+
+# Where records go when there is no IPython kernel to publish them (plain Python, tests).
+OUTBOX: list[dict] = []
 
 
 @dataclass
 class Record:
     exercise: str
     suite: str
-    secret: int
+    token: str  # the grader's token for this one check call (known to nobody before it runs)
     outputs: list[dict] | None  # None when collecting failed
     message: str = ""  # why collecting failed (the learner's exception, a timeout, ...)
     reference_calls: tuple[str, ...] = ()
+    executed: tuple[dict, ...] = ()  # fingerprints of the code the learner's answer ran (see .copies)
 
 
-def paths(record_dir: Path, exercise: str, suite: str) -> tuple[Path, Path]:
-    folder = Path(record_dir)
-    return folder / f"{exercise}.{suite}.json", folder / f"{exercise}.{suite}.safetensors"
-
-
-def write(record_dir: Path, record: Record) -> None:
-    json_path, tensor_path = paths(record_dir, record.exercise, record.suite)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
+def to_payload(record: Record) -> dict:
     tensors: dict[str, torch.Tensor] = {}
     structure = None if record.outputs is None else encode(record.outputs, tensors)
-    info = {
+    return {
         "format": FORMAT,
         "exercise": record.exercise,
         "suite": record.suite,
-        "secret": record.secret,
+        "token": record.token,
         "failed": record.outputs is None,
         "message": record.message,
         "reference_calls": sorted(set(record.reference_calls)),
+        "executed": list(record.executed),
         "outputs": structure,
+        "tensors": base64.b64encode(save(tensors)).decode("ascii"),
     }
-    save_file(tensors, str(tensor_path))
-    json_path.write_text(json.dumps(info))
+
+
+def publish(record: Record) -> None:
+    """In the kernel: send ``record`` out as this cell's output (or to OUTBOX outside IPython)."""
+    payload = to_payload(record)
+    try:
+        from IPython import get_ipython
+        from IPython.display import publish_display_data
+
+        shell = get_ipython()
+    except ImportError:  # pragma: no cover (IPython is a dependency)
+        shell = None
+    if shell is None or not hasattr(shell, "kernel"):
+        OUTBOX.append(payload)
+        return
+    publish_display_data({MIME: payload, "text/plain": f"<record of {record.exercise} ({record.suite})>"})
 
 
 class BadRecord(Exception):
-    """A record that is missing, unreadable, or not from this grading run."""
+    """A record that is missing, unreadable, or not from this check."""
 
 
-def read(record_dir: Path, exercise: str, suite: str, secret: int) -> Record:
-    json_path, tensor_path = paths(record_dir, exercise, suite)
-    if not json_path.is_file() or not tensor_path.is_file():
-        raise BadRecord("the check did not run to the end (no outputs were recorded)")
+def from_payload(payload: Any, exercise: str, suite: str, token: str) -> Record:
+    """In nbgrader's process: the record in ``payload``, if it is the one this check call sent."""
     try:
-        if tensor_path.stat().st_size > MAX_TENSOR_BYTES:
-            raise BadRecord("the recorded outputs are far larger than this exercise's outputs")
-        info = json.loads(json_path.read_text())
-        if info.get("format") != FORMAT or info.get("exercise") != exercise or info.get("suite") != suite:
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise BadRecord("the recorded outputs could not be read")
+        if payload.get("exercise") != exercise or payload.get("suite") != suite:
             raise BadRecord("the recorded outputs belong to another check")
-        if info.get("secret") != secret:
-            raise BadRecord("the recorded outputs were not produced by this grading run")
-        tensors = load_file(str(tensor_path))
-        outputs = None if info["failed"] else decode(info["outputs"], tensors)
-        return Record(exercise, suite, secret, outputs, str(info.get("message", "")),
-                      tuple(str(c) for c in info.get("reference_calls", [])))
+        if payload.get("token") != token:
+            raise BadRecord("the recorded outputs were not produced by this check")
+        raw = base64.b64decode(str(payload.get("tensors", "")), validate=True)
+        if len(raw) > MAX_TENSOR_BYTES:
+            raise BadRecord("the recorded outputs are far larger than this exercise's outputs")
+        tensors = load(raw)
+        outputs = None if payload["failed"] else decode(payload["outputs"], tensors)
+        executed = tuple(e for e in payload.get("executed", []) if isinstance(e, dict))
+        return Record(exercise, suite, token, outputs, str(payload.get("message", "")),
+                      tuple(str(c) for c in payload.get("reference_calls", [])), executed)
     except BadRecord:
         raise
-    except Exception as e:  # anything unreadable: the notebook wrote garbage there
+    except Exception as e:  # anything unreadable
         raise BadRecord(f"the recorded outputs could not be read ({type(e).__name__})") from None
