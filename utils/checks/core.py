@@ -280,12 +280,15 @@ def _arg_names(fn: Callable, args: tuple) -> list[str]:
 def reference_code(reference: Any) -> list[types.CodeType]:
     """The code objects of a reference implementation: a function's own code (unwrapped from
     decorators such as ``torch.no_grad()``, whose wrapper is torch's and shared by every
-    decorated function), or the methods a reference class defines (except ``__init__``: a
-    learner's class may inherit the provided constructor without copying the solution)."""
+    decorated function), or the methods a reference class and its bases from the same module
+    define (except ``__init__``: a learner's class may inherit the provided constructor without
+    copying the solution)."""
     fns = []
     if inspect.isclass(reference):
         for klass in reference.__mro__:
-            if klass.__module__.split(".")[0] in ("torch", "builtins", "typing"):
+            # The reference's own classes only: base classes from elsewhere (torch, the hook
+            # machinery in utils.hooks) are not the solution, and a learner may inherit them.
+            if klass.__module__ != reference.__module__:
                 continue
             fns += [v for k, v in vars(klass).items() if k != "__init__"]
     else:

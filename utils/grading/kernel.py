@@ -146,6 +146,17 @@ def _give(paths: list[str], uid: int) -> None:
                     pass
 
 
+def in_kernel() -> None:
+    """Run inside the grading kernel as it starts: ``exit()`` and ``quit()`` (a habit from the
+    terminal) would stop the kernel a moment after their cell, and with it every later exercise;
+    here they only say so."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is not None:
+        shell.ask_exit = lambda: print("(exit() and quit() do nothing while the notebook is being graded)")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--drop-to"]:  # inside the sandbox, as root without the namespace's privileges
@@ -155,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     if "-f" not in argv:
         raise SystemExit("usage: python -m utils.grading.kernel -f CONNECTION_FILE")
     connection_file = argv[argv.index("-f") + 1]
-    kernel = [sys.executable, "-m", "ipykernel_launcher", *argv]
+    kernel = [sys.executable, "-m", "ipykernel_launcher", *argv,
+              "--IPKernelApp.exec_lines=__import__('utils.grading.kernel', fromlist=['in_kernel']).in_kernel()"]
     set_limits(os.environ.get("COURSE_KERNEL_MEMORY"), os.environ.get("COURSE_KERNEL_CPU"))
     if os.environ.get("COURSE_KERNEL_SANDBOX") == "1":
         workdir = os.environ.get("COURSE_GRADING_NOTEBOOK_DIR") or os.getcwd()

@@ -55,6 +55,7 @@ from .probe import EXPRESSION as PROBE_EXPRESSION
 
 _SESSION_KEY = "course_grading"
 _RESTORED_KEY = "course_grading_restored"
+_DEAD = object()  # the probe's answer when the kernel has died
 _ENV_KEYS = (ENV, "JUPYTER_RUNTIME_DIR", "COURSE_GRADING_NOTEBOOK_DIR")
 HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 
@@ -165,14 +166,19 @@ def _is_check_cell(cell: NotebookNode) -> bool:
     return cell.cell_type == "code" and bool(meta.get("grade")) and not meta.get("solution") and bool(checks_in(cell.source))
 
 
-def _take_records(cell: NotebookNode) -> list:
-    """Remove the record outputs from ``cell`` and return their payloads."""
+def _take_records(cell: NotebookNode, remove: bool = False) -> list:
+    """Take the record outputs out of ``cell`` and return their payloads. While the notebook
+    runs, each is replaced in place by a placeholder (nbclient tracks display outputs by their
+    position); at the end (``remove=True``) they are dropped."""
     payloads, kept = [], []
     for output in cell.get("outputs", []):
         data = output.get("data") if isinstance(output, dict) else None
         if isinstance(data, dict) and records.MIME in data:
             payloads.append(data[records.MIME])
-        else:
+            if not remove:
+                kept.append(NotebookNode(output_type="display_data", metadata={},
+                                         data={"text/plain": "(outputs taken by the grader)"}))
+        elif not (remove and isinstance(data, dict) and data == {"text/plain": "(outputs taken by the grader)"}):
             kept.append(output)
     cell.outputs = kept
     return payloads
@@ -224,7 +230,7 @@ class ResilientExecute(Execute):
             cell.outputs = [_error("NotRun", "not run: the kernel had to be restarted too many times")]
             return cell, resources
         if state is not None and not self._baseline:
-            self._baseline = self._probe(index, baseline=True) is not None
+            self._baseline = isinstance(self._probe(index, baseline=True), list)
         if not self._alive():
             # The cell before stopped the kernel on its way out (exit in a thread, a delayed kill).
             before = max((i for i in state["order"] if i < index), default=None) if state else None
@@ -267,8 +273,22 @@ class ResilientExecute(Execute):
                 state["forged"].append((index, [p.get("exercise") if isinstance(p, dict) else None for p in payloads]))
             state["order"].append(index)
             changed = self._probe(index)
-            state["changes"][index] = changed
+            if changed is _DEAD:  # the kernel died just after this cell: this cell's doing
+                self.log.warning("the kernel died right after cell %d; restarting it", index)
+                cell.outputs.append(_error("KernelDied", "this cell stopped the kernel"))
+                self._failed_cells.add(index)
+                self._restart_and_replay(index + 1)
+                changed = self._probe(index)
+            state["changes"][index] = None if changed is _DEAD else changed
         return result
+
+    def _update_display_id(self, display_id, msg):
+        # A display update from the learner's code must not stop grading (nbclient fails on an
+        # update aimed at an output that is gone).
+        try:
+            super()._update_display_id(display_id, msg)
+        except (IndexError, KeyError, TypeError) as e:
+            self.log.warning("ignored a display update (%s)", type(e).__name__)
 
     def _alive(self) -> bool:
         from nbclient.util import run_sync
@@ -294,6 +314,8 @@ class ResilientExecute(Execute):
             if not isinstance(changed, list):
                 raise ValueError(text)
             return [str(c) for c in changed]
+        except DeadKernelError:
+            return _DEAD
         except Exception as e:  # noqa: BLE001 (no answer, or an answer that is not ours)
             if not baseline:
                 state["probe_failures"].append(index)
@@ -314,7 +336,7 @@ class ResilientExecute(Execute):
         except Exception:
             pass
         self.start_new_kernel_client()
-        self._baseline = self._probe(upto, baseline=True) is not None
+        self._baseline = isinstance(self._probe(upto, baseline=True), list)
         for i, cell in enumerate(self.nb.cells[:upto]):
             if cell.cell_type == "code" and i not in self._failed_cells:
                 try:
@@ -397,11 +419,11 @@ class JudgeChecks(NbGraderPreprocessor):
         # Record outputs that reached a cell later (display updates): forgeries too; never kept.
         for index, cell in enumerate(nb.cells):
             if cell.cell_type == "code":
-                for payload in _take_records(cell):
+                for payload in _take_records(cell, remove=True):
                     forged.setdefault(str(payload.get("exercise") if isinstance(payload, dict) else None), []).append(index)
         for name, cells in forged.items():
             review.append({"what": "record output outside its check cell (forged)", "exercise": name,
-                           "cells": [i + 1 for i in cells], "cost": True})
+                           "cells": sorted({i + 1 for i in cells}), "cost": True})
         failures = sorted(state["probe_failures"])
         for index in failures:
             review.append({"what": "the kernel did not answer the grader's integrity question", "cell": index + 1,
@@ -432,8 +454,9 @@ class JudgeChecks(NbGraderPreprocessor):
                     v = tamper_verdict(name, suite, "the grader could not confirm that the checker was intact when"
                                        " this check ran (the kernel stopped answering its question).")
                 elif name in forged:
-                    v = tamper_verdict(name, suite, "the notebook produced outputs for this check outside its check"
-                                       f" cell (cell {', '.join(str(i + 1) for i in forged[name])}).")
+                    cells = ", ".join(str(i + 1) for i in sorted(set(forged[name])))
+                    v = tamper_verdict(name, suite, f"forged outputs: the notebook sent outputs for this check from"
+                                       f" outside its check cell (cell {cells}); only the check itself sends them.")
                 else:
                     visible = verdicts.get((name, "visible"))
                     v = grade_payloads(payloads, name, suite, token, seed, visible)
@@ -493,6 +516,18 @@ class JudgeChecks(NbGraderPreprocessor):
 # ---------------------------------------------------------------------------------------------
 # Sanitizing: the instructor's cells as the instructor wrote them
 # ---------------------------------------------------------------------------------------------
+
+
+def _set_cell_type(cell: NotebookNode, cell_type: str) -> None:
+    """What nbgrader's ``update_cell_type`` does, without its validation (which fails on cells of
+    notebooks older than nbformat 4.5, and with it the whole submission)."""
+    cell.cell_type = cell_type
+    if cell_type == "code":
+        cell.outputs, cell.execution_count = [], None
+        cell.pop("attachments", None)
+    else:
+        cell.pop("outputs", None)
+        cell.pop("execution_count", None)
 
 
 def _without_hidden_tests(source: str) -> str:
@@ -560,7 +595,7 @@ class RestoreCells(OverwriteCells):
         cell.metadata["nbgrader"] = restored
         if cell.cell_type != source_cell.cell_type:
             self._note(grade_id, f"cell type restored ({cell.cell_type} -> {source_cell.cell_type})")
-            self.update_cell_type(cell, source_cell.cell_type)
+            _set_cell_type(cell, source_cell.cell_type)
         if source_cell.locked and cell.source.rstrip() != source_cell.source.rstrip():
             if cell.source.rstrip() == _without_hidden_tests(source_cell.source):
                 cell.source = source_cell.source  # the hidden tests, which the student never had
