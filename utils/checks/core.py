@@ -173,16 +173,74 @@ def _in_import(frame: types.FrameType | None) -> bool:
     return False
 
 
+def _run_queue_waits() -> dict[int, int] | None:
+    """Nanoseconds each live thread of this process has spent runnable but waiting for a CPU
+    (the second number of Linux's ``/proc/self/task/<tid>/schedstat``), or None where that
+    cannot be read. (``/proc/self/schedstat`` would give only the main thread's.)"""
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    waits = {}
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+                waits[int(tid)] = int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread has just exited
+    return waits or None
+
+
+class _UnstarvedClock:
+    """Wall-clock seconds less the time this process waited for a CPU: on one thread, exactly
+    the time spent computing or sleeping (blocked), which a loaded machine does not stretch.
+
+    Each interval between two readings counts its wall time less the run-queue wait that all of
+    the process's threads added in it, clamped at zero (so a stretch of starved parallel work
+    banks no credit for later sleeping). The threads' waits are summed: where several wait at
+    once this overstates the waiting, so the clock errs towards counting too little, never
+    stopping honest code early. Summing over all threads, not the main thread's alone, is what
+    keeps a main thread that blocks while starved worker threads compute (torch's thread pool,
+    ``Thread.join``) from looking asleep: the workers' waits cover that time. Time blocked on
+    anything but a CPU (sleep, I/O, page faults) still counts. Where Linux schedstat cannot be
+    read, this is the plain wall clock."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._wall = time.monotonic()
+        self._waits = _run_queue_waits()
+
+    def read(self) -> float:
+        now = time.monotonic()
+        span, self._wall = now - self._wall, now
+        if self._waits is not None:
+            waits = _run_queue_waits()
+            if waits is not None:
+                # a thread that is new since the last reading (or a reused id) waited all of it now
+                starved = sum(w - self._waits.get(t, 0) if w >= self._waits.get(t, 0) else w
+                              for t, w in waits.items()) / 1e9
+                span -= min(span, starved)
+                self._waits = waits
+        self.total += span
+        return self.total
+
+
 @contextlib.contextmanager
 def time_limit(seconds: float) -> Iterator[None]:
     """Interrupt Python code that computes for longer than ``seconds`` (POSIX main thread
     only; elsewhere the code simply runs unlimited).
 
-    Made for busy machines and fresh kernels:
+    Made for busy machines and fresh kernels; the verdict does not depend on how busy:
 
-    * the budget is CPU time of this process, so a machine busy with other work stretches
-      the wall-clock time but does not trip the limit; code that waits without computing
-      (``time.sleep`` in a loop) is stopped at a wall-clock cap of max(3 × limit, limit + 30 s);
+    * the budget is CPU time of this process (all its threads), so a machine busy with other
+      work stretches the wall-clock time but does not trip the limit;
+    * code that waits without computing (``time.sleep`` in a loop) is stopped at a cap of
+      max(3 × limit, limit + WALL_SLACK (30 s)) on the wall clock less the time the process's
+      threads spent waiting for a CPU (Linux ``/proc/self/task/*/schedstat``; see
+      ``_UnstarvedClock``). A CPU-starved process accumulates run-queue wait, a sleeping one
+      does not, so a correct answer that a loaded machine stretches to many times its wall time
+      is not stopped, and on an idle machine the cap is the plain wall clock, as it always was.
+      Where schedstat cannot be read (not Linux), the cap is on the plain wall clock;
     * an ``import`` is never interrupted (torch imports ``torch._dynamo`` on the first
       ``optimizer.step()``, 10-30 s on a loaded machine): the limit waits for it to finish, and
       then the budget starts again in full. An interrupted import would leave a
@@ -198,24 +256,25 @@ def time_limit(seconds: float) -> Iterator[None]:
     cap = max(3 * seconds, seconds + WALL_SLACK)
     # The budget starts now, and starts again in full when an import that the alarm caught
     # has finished: how long the import ran before the alarm saw it is unknown, so none of
-    # it may count. (Bounded, so that code that imports in a loop is still stopped.)
-    begun = time.monotonic()
-    state = {"wall": begun, "cpu": time.process_time(), "importing": False, "restarts": 0}
+    # it may count. (Bounded, so that code that imports in a loop is still stopped.) Times
+    # are on the clock that leaves out waiting for a CPU.
+    clock = _UnstarvedClock()
+    state = {"since": 0.0, "cpu": time.process_time(), "importing": False, "restarts": 0}
 
     def on_alarm(signum, frame):
-        waited = time.monotonic() - begun
+        waited = clock.read()
         if (_in_import(frame) and state["restarts"] < MAX_IMPORT_RESTARTS
                 and waited < MAX_IMPORT_WAIT + cap):
             state["importing"] = True
             signal.setitimer(signal.ITIMER_REAL, tick)
             return
         if state["importing"]:
-            state.update(wall=time.monotonic(), cpu=time.process_time(), importing=False,
+            state.update(since=waited, cpu=time.process_time(), importing=False,
                          restarts=state["restarts"] + 1)
             signal.setitimer(signal.ITIMER_REAL, seconds)
             return
         cpu = time.process_time() - state["cpu"]
-        wall = time.monotonic() - state["wall"]
+        wall = waited - state["since"]
         if cpu < seconds and wall < cap:
             signal.setitimer(signal.ITIMER_REAL, max(min(seconds - cpu, cap - wall), 0.05))
             return
@@ -232,7 +291,7 @@ def time_limit(seconds: float) -> Iterator[None]:
 
 # Imports are excused within bounds, so that code that imports in a loop is still stopped: a
 # fresh budget after each of at most MAX_IMPORT_RESTARTS caught imports, and no excuse at all
-# once the limit has run for MAX_IMPORT_WAIT seconds beyond its own wall-clock cap.
+# once the limit has run for MAX_IMPORT_WAIT seconds beyond its own cap (on the same clock).
 MAX_IMPORT_RESTARTS = 20
 MAX_IMPORT_WAIT = 300.0
 
