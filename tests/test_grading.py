@@ -701,3 +701,31 @@ def test_every_later_chapter_grades_its_reference_solution_with_full_marks(tmp_p
             if name != "ch04":  # chapter 4 loads a shipped model; 2 and 3 train theirs live
                 assert any("autograding:" in o.get("text", "") for c in graded.cells if c.cell_type == "code"
                            for o in c.get("outputs", [])), f"{name}: no demonstration said it was shortened"
+
+
+@pytest.mark.slow
+def test_a_busy_grading_machine_costs_no_point(tmp_path):
+    """A correct chapter-1 submission keeps all 16 points with busy processes beside the grader
+    (three per core): time limits count the student's computing, not the machine's load."""
+    from nbgrader.api import Gradebook
+
+    course = tmp_path / "course"
+    build(course, ["01"])
+    _nbgrader(course, "generate_assignment", "ch01", "--force")
+    fixtures = _load_submissions()
+    release = nbformat.read(course / "release" / "ch01" / "01_transformer_from_scratch.ipynb", 4)
+    solution = nbformat.read(ROOT / "solutions" / "01_transformer_from_scratch.ipynb", 4)
+    folder = course / "submitted" / "busy" / "ch01"
+    folder.mkdir(parents=True)
+    nbformat.write(fixtures.fill_in(release, solution), folder / "01_transformer_from_scratch.ipynb")
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3 * (os.cpu_count() or 1))]
+    try:
+        start = time.monotonic()
+        _nbgrader(course, "autograde", "ch01", "--student", "busy", "--force")
+        print(f"\nautograde beside {len(busy)} busy processes: {time.monotonic() - start:.0f} s")
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        assert gb.find_submission("ch01", "busy").score == 16.0

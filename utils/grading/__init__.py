@@ -1,18 +1,19 @@
 """Classroom grading with nbgrader, designed so that a grade cannot be faked from the notebook.
 
-How a grade is decided (see ``nbgrader_config.py`` in this folder and the README's "Teaching
-with this course"):
+How a grade is decided (see ``nbgrader_ext.py`` for the details, ``nbgrader_config.py`` for the
+wiring, and the README's "Teaching with this course"):
 
-1. ``PrepareGrading`` (runs in nbgrader's process) picks a fresh secret, empties the record
-   folder of the notebook and puts both into the environment of the kernel it is about to start.
-2. The notebook runs. In grading mode a check cell does not judge anything: ``check()`` runs the
-   learner's code on the exercise's inputs (the hidden tests reseeded from the secret) and
-   writes the *outputs* to the record folder as safetensors and JSON (:mod:`.record`), with any
-   calls from the learner's code into the toolkit's reference implementation.
-3. ``JudgeChecks`` (back in nbgrader's process, where the learner's code never ran) reads those
-   outputs, runs the reference and the comparisons itself, and replaces each check cell's outputs
-   with the verdict. What the kernel printed, warned or monkeypatched cannot change the grade:
-   the only thing the notebook can influence is the outputs of its own code.
+1. ``PrepareGrading`` (in nbgrader's process) gives the kernel a scratch copy of the submission
+   to work in, and the flag ``COURSE_GRADING=1``; nothing secret.
+2. ``ResilientExecute`` runs the notebook. Each of the course's check cells runs with a one-time
+   token (and a fresh seed for its hidden tests) added to its ``check(...)`` calls; ``check``
+   runs the learner's code and publishes the *outputs* as that cell's own output
+   (:mod:`.record`), with calls into the reference and fingerprints of the code that ran
+   (:mod:`.copies`). The grader takes them the moment the cell ends. After every cell it asks
+   the kernel what of torch and the checker has changed (:mod:`.probe`).
+3. ``JudgeChecks`` (back in nbgrader's process, where the learner's code never ran) runs the
+   reference and the comparisons itself and replaces each check cell's outputs with the verdict,
+   and writes the instructor's review list. What the kernel printed cannot change the grade.
 
 Hidden-test verdicts say that hidden tests failed, never what they are.
 """

@@ -140,6 +140,15 @@ def autograde(course_dir: Path, assignment: str, students: list[str] | None = No
         return list(pool.map(one, students))
 
 
+def review_counts(course_dir: Path, assignment: str, student: str) -> tuple[int, int]:
+    """(checks not credited, items worth a look at no cost) on a student's review list."""
+    path = Path(course_dir) / "autograde_logs" / "review" / assignment / f"{student}.json"
+    if not path.is_file():
+        return 0, 0
+    items = [item for notebook in json.loads(path.read_text()).values() for item in notebook]
+    return sum(1 for i in items if i.get("cost")), sum(1 for i in items if not i.get("cost"))
+
+
 def next_step_hint(course_dir: Path) -> str:
     """What to run next, including activating the environment nbgrader is installed in."""
     activate = Path(sys.prefix) / "bin" / "activate"
@@ -165,7 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         results = autograde(args.course_dir, args.assignment, args.students, args.jobs)
         print(f"{'student':20s} {'seconds':>8s}  result")
         for student, seconds, code in results:
-            print(f"{student:20s} {seconds:8.1f}  {'ok' if code == 0 else f'FAILED (exit {code}, see autograde_logs/)'}")
+            if code != 0:
+                status = f"NEEDS ATTENTION: not graded (exit {code}; see autograde_logs/{args.assignment}-{student}.log)"
+            else:
+                costly, look = review_counts(args.course_dir, args.assignment, student)
+                status = "ok" + (f"; review: {costly} check(s) not credited for tampering or copying" if costly else "") \
+                    + (f"; {look} item(s) worth a look" if look else "")
+            print(f"{student:20s} {seconds:8.1f}  {status}")
+        if any(sum(review_counts(args.course_dir, args.assignment, s)) for s, _, c in results if c == 0):
+            print(f"\nThe review list of each student: autograde_logs/review/{args.assignment}/<student>.json")
         return 0 if all(code == 0 for _, _, code in results) else 1
     for line in build(args.course_dir, args.chapters, args.force):
         print(line)
