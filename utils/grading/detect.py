@@ -220,6 +220,11 @@ def locate(source: str, changed: list[str]) -> list[Finding]:
 
 INTROSPECTION = {
     "sys._getframe": "reads the caller's frame",
+    "sys._current_frames": "reads every thread's frames",
+    "inspect.getouterframes": "reads the call stack",
+    "inspect.trace": "reads the call stack",
+    "threading.settrace": "traces code it did not write",
+    "threading.setprofile": "traces code it did not write",
     "inspect.currentframe": "reads the caller's frame",
     "inspect.stack": "reads the call stack",
     "gc.get_objects": "walks every object in memory",

@@ -51,7 +51,7 @@ def _snapshot() -> dict[str, int]:
     for name, klass in (("torch.Tensor", torch.Tensor), ("torch.TensorBase", torch._C.TensorBase),
                         ("torch.nn.Module", torch.nn.Module), ("torch.nn.Linear", torch.nn.Linear)):
         add(name, dict(vars(klass)))
-    add("builtins", vars(builtins))
+    add("builtins", _public(vars(builtins)))  # not ``_`` (the last result, in some shells)
     add("sys", {k: v for k, v in vars(sys).items() if k in ("setprofile", "getprofile", "settrace", "gettrace",
                                                               "_getframe", "exit")})
     # The course's checking code, wherever a learner could reach it.
