@@ -397,6 +397,9 @@ def test_sandbox_hides_the_course_and_the_network(tmp_path):
         "try:\n    open('/etc/shadow').read(); print('shadow readable')\nexcept OSError:\n    print('shadow no')\n"
         "print('env', sorted(k for k in os.environ if k not in ('PATH', 'HOME', 'TMPDIR', 'LANG', 'PWD',"
         " 'JUPYTER_RUNTIME_DIR', 'MPLCONFIGDIR', 'COURSE_GRADING', 'OMP_NUM_THREADS')))\n"
+        "from utils.grading.kernel import set_limits\nset_limits(None, None, None, '1M')\n"
+        "try:\n    open('big.bin', 'wb').write(b'x' * 2**21); print('big file yes')\n"
+        "except OSError:\n    print('big file no')\n"
     )
     from utils.grading.kernel import _give
 
@@ -415,6 +418,7 @@ def test_sandbox_hides_the_course_and_the_network(tmp_path):
     assert lines[:6] == ["gradebook False", "bob False", "solutions False", "toolkit True",
                          "network no", "import ok"], out.stdout
     assert lines[6] != "uid 0" and lines[7] == "shadow no" and lines[8] == "env []", out.stdout
+    assert lines[9] == "big file no", out.stdout
     assert (work / "out.txt").read_text() == "written"
 
 

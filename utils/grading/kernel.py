@@ -8,6 +8,8 @@ environment (``nbgrader_config.py`` sets them):
   with MemoryError/RuntimeError inside the learner's code (a verdict for that exercise) instead
   of the operating system killing the kernel, or the grader.
 * ``COURSE_KERNEL_CPU``: CPU seconds for the whole notebook (a backstop; cells have timeouts).
+* ``COURSE_KERNEL_PROCS``: processes and threads of the kernel's user (a fork bomb fails
+  inside the notebook); ``COURSE_KERNEL_FILE_SIZE``: the largest file it may write.
 * ``COURSE_KERNEL_SANDBOX``: ``1`` to run the kernel in bubblewrap (``bwrap``, Debian package
   ``bubblewrap``): no network, a private /tmp and home, read-only system and Python, the
   course's toolkit (``utils/`` and ``tests/exercises/``) read-only, and of the course directory
@@ -37,7 +39,15 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
-def set_limits(memory: str | None, cpu: str | None) -> None:
+def set_limits(memory: str | None, cpu: str | None, procs: str | None = None, file_size: str | None = None) -> None:
+    """Resource limits the kernel (and everything it starts) inherits: address space, CPU
+    seconds, processes of its user (a fork bomb fails inside the notebook; enforced once the
+    kernel runs as an unprivileged user), and the size of any one file it writes."""
+    if procs:
+        resource.setrlimit(resource.RLIMIT_NPROC, (int(procs), int(procs)))
+    if file_size:
+        size = parse_size(file_size)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
     if memory:
         size = parse_size(memory)
         resource.setrlimit(resource.RLIMIT_AS, (size, size))
@@ -168,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     connection_file = argv[argv.index("-f") + 1]
     kernel = [sys.executable, "-m", "ipykernel_launcher", *argv,
               "--IPKernelApp.exec_lines=__import__('utils.grading.kernel', fromlist=['in_kernel']).in_kernel()"]
-    set_limits(os.environ.get("COURSE_KERNEL_MEMORY"), os.environ.get("COURSE_KERNEL_CPU"))
+    set_limits(os.environ.get("COURSE_KERNEL_MEMORY"), os.environ.get("COURSE_KERNEL_CPU"),
+               os.environ.get("COURSE_KERNEL_PROCS"), os.environ.get("COURSE_KERNEL_FILE_SIZE"))
     if os.environ.get("COURSE_KERNEL_SANDBOX") == "1":
         workdir = os.environ.get("COURSE_GRADING_NOTEBOOK_DIR") or os.getcwd()
         drop_to = NOBODY if os.getuid() == 0 else None

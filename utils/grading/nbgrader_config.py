@@ -73,6 +73,8 @@ c.Execute.kernel_name = "course-grading"
 c.KernelManager.transport = "ipc"  # unix sockets: the sandboxed kernel has no network at all
 os.environ.setdefault("COURSE_KERNEL_MEMORY", "6G")  # address space; the chapters need < 2 GB
 os.environ.setdefault("COURSE_KERNEL_CPU", "3600")  # CPU seconds per notebook
+os.environ.setdefault("COURSE_KERNEL_PROCS", "2048")  # processes + threads of the sandbox user, all kernels together
+os.environ.setdefault("COURSE_KERNEL_FILE_SIZE", "1G")  # the largest file a kernel may write
 # One thread per kernel: grade several submissions at once, one per core (and tiny torch
 # workloads run far slower with two threads on a busy machine).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
