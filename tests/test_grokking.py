@@ -105,7 +105,8 @@ def test_the_live_configuration_groks():
     p = 59
     data = g.modular_addition(p, frac_train=0.5, seed=0)
     model = g.new_model(p, seed=0)
-    log = g.train_grokking(model, data, 600, lr=3e-3, weight_decay=1.0, log_every=50, progress=False)
+    log = g.train_grokking(model, data, 600, lr=3e-3, weight_decay=1.0, log_every=50, snapshot_every=100,
+                           progress=False)
     memorised = log.first_step("train_acc", 1.0)
     generalised = log.first_step("test_acc", 0.95)
     assert memorised is not None and memorised <= 100
@@ -119,3 +120,13 @@ def test_the_live_configuration_groks():
     restricted = g.loss_and_accuracy(g.restricted_logits(logits, p, keys)[data.test], data.labels[data.test])
     excluded = g.loss_and_accuracy(g.excluded_logits(logits, p, keys)[data.train], data.labels[data.train])
     assert restricted[1] == 1.0 and excluded[0] > 1.0
+    # Progress measures over the run: the circuit forms before the test accuracy shows it
+    # (restricted loss falls between memorising and generalising), and weight decay shrinks the
+    # weights throughout.
+    measures = g.progress_measures(model, log.snapshots, data, keys)
+    at = {step: i for i, step in enumerate(measures["step"])}
+    assert measures["step"] == [0, 100, 200, 300, 400, 500, 600]
+    mid = at[200]
+    assert measures["test_acc"][mid] < 0.95 and measures["restricted_loss"][mid] < measures["restricted_loss"][at[100]]
+    assert measures["excluded_loss"][-1] > measures["excluded_loss"][at[100]]
+    assert measures["weight_norm"][-1] < measures["weight_norm"][at[100]]

@@ -253,6 +253,34 @@ def fraction_of_logit_variance(logits: Tensor, p: int, freqs: list[int]) -> floa
     return float((part.double() ** 2).sum() / (centred.double() ** 2).sum())
 
 
+def progress_measures(model: nn.Module, snapshots: dict[int, dict[str, Tensor]], data: ModularAddition,
+                      freqs: list[int]) -> dict[str, list[float]]:
+    """For each snapshot of a training run (``GrokkingLog.snapshots``, loaded into ``model`` in
+    turn): test accuracy, the restricted loss (only ``freqs``' part of the logits) and excluded
+    loss (that part removed) on the training pairs, and the weight norm. Nanda et al.'s progress
+    measures: the circuit forms (restricted loss falls, excluded loss rises) while test accuracy
+    still looks like memorisation; then weight decay cleans the memorisation up."""
+    out: dict[str, list[float]] = {k: [] for k in ("step", "test_acc", "restricted_loss", "excluded_loss",
+                                                   "full_train_loss", "weight_norm")}
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        for step in sorted(snapshots):
+            model.load_state_dict(snapshots[step])
+            logits = full_logits(model, data.p)
+            train, test = data.train, data.test
+            out["step"].append(step)
+            out["test_acc"].append(loss_and_accuracy(logits[test], data.labels[test])[1])
+            out["full_train_loss"].append(loss_and_accuracy(logits[train], data.labels[train])[0])
+            out["restricted_loss"].append(loss_and_accuracy(restricted_logits(logits, data.p, freqs)[train],
+                                                            data.labels[train])[0])
+            out["excluded_loss"].append(loss_and_accuracy(excluded_logits(logits, data.p, freqs)[train],
+                                                          data.labels[train])[0])
+            out["weight_norm"].append(weight_norm(model))
+    finally:
+        model.load_state_dict(saved)
+    return out
+
+
 def full_logits(model: nn.Module, p: int) -> Tensor:
     """The model's answer logits on every (a, b), in the order of ``modular_addition``."""
     data = modular_addition(p, frac_train=0.0)
