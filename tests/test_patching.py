@@ -270,3 +270,128 @@ def test_noising_and_denoising_disagree_on_induction_2l():
     assert 0.5 < noise[0, 0] < 0.62 and 0.35 < noise[0, 1] < 0.47 and noise[0, 2:].min() > 0.9, noise
     assert 0.1 < denoise[1].min() and denoise[1].max() < 0.18, denoise
     assert 0.65 < noise[1].min() and noise[1].max() < 0.77, noise
+
+
+# ---- chapter 4's new analyses, on the chapter's own batch (64 prompts, seed 3) ------------------
+@pytest.fixture(scope="module")
+def chapter_batch():
+    return P.ioi_batch(64, P.HELDOUT_TEMPLATES[0], seed=3)
+
+
+def test_patch_activation_is_one_entry_of_each_patching_map():
+    m = tiny_model()
+    clean, corrupt, io, s = tiny_prompts()
+    metric = P.ld_metric(io, s)
+    with torch.no_grad():
+        _, cache = m.run_with_cache(clean)
+    heads = P.patch_head_outputs(m, clean, corrupt, metric)
+    resid = P.patch_residual(m, clean, corrupt, metric)
+    got = P.patch_activation(m, corrupt, cache, metric, "blocks.1.attn.hook_z", (slice(None), slice(None), 0))
+    assert abs(float(got) - float(heads[1, 0])) < 1e-6
+    assert abs(float(P.patch_activation(m, corrupt, cache, metric, "blocks.1.hook_resid_pre", (slice(None), 7))) - float(resid[1, 7])) < 1e-6
+
+
+def test_direct_logit_attribution_shows_a_suppression_head(model, chapter_batch):
+    """§5.4: L0H2 writes about -7.7 onto logit(S) and +1.6 onto logit(IO); the eight heads' direct
+    effects on the logit difference add up to nearly all of it (7.10 of 7.15)."""
+    b = chapter_batch
+    dla_io, dla_s = P.head_dla(model, b.clean, b.io).mean(0), P.head_dla(model, b.clean, b.s).mean(0)
+    assert -8.2 < dla_s[0, 2] < -7.2 and 1.3 < dla_io[0, 2] < 2.0, (dla_s, dla_io)
+    assert dla_s.argmin() == 2 and (dla_s.flatten().sort().values[1] > -1.5)  # L0H2 and no other head suppresses S
+    with torch.no_grad():
+        ld = P.logit_diff(model(b.clean), b.io, b.s).mean()
+    assert abs((dla_io - dla_s).sum() - ld) < 0.3, ((dla_io - dla_s).sum(), ld)
+    assert 9.0 < (dla_io - dla_s)[0, 2] < 9.8 and (dla_io - dla_s)[0, 2] > ld  # L0H2 alone: more than the whole (9.4 > 7.15)
+
+
+def _insert(tokens, at, words):
+    tok = Tokenizer()
+    new = torch.tensor([tok.stoi[w] for w in words]).expand(len(tokens), len(words))
+    return torch.cat([tokens[:, :at], new, tokens[:, at:]], dim=1)
+
+
+def test_the_suppression_head_finds_s2_three_to_five_tokens_back_not_further(model, chapter_batch):
+    """§5.4: S2 moved 3 / 5 tokens back: L0H2 still attends to it (1.00 / 0.94) and the model is
+    right on 97 % / 94 %; 6 / 7 tokens back: attention 0.11 / 0.02 (0.88 / 0.72 on the filler "again"),
+    right on 16 % / 11 %."""
+    b = chapter_batch
+    s2, end = b.pos["S2"], b.pos["END"]
+    moved = {3: torch.cat([b.clean[:, : s2 + 2], b.clean[:, s2 + 3 :]], dim=1), 4: b.clean,
+             5: _insert(b.clean, s2 + 3, ["red"]),
+             6: _insert(_insert(b.clean, s2 + 3, ["red"]), end + 1, ["again"]),
+             7: _insert(_insert(b.clean, s2 + 3, ["red"]), end + 1, ["today", "again"])}
+    seen = {}
+    for back, tokens in moved.items():
+        assert tokens.shape[1] - 1 - s2 == back
+        with torch.no_grad():
+            logits, cache = model.run_with_cache(tokens)
+        attention = cache["pattern", 0][:, 2, -1].mean(0)
+        seen[back] = (attention[s2].item(), (P.logit_diff(logits, b.io, b.s) > 0).float().mean().item(),
+                      attention.argmax().item() == tokens.shape[1] - 2, attention[-2].item())
+    assert all(seen[k][0] > 0.9 and seen[k][1] > 0.9 for k in (3, 4, 5)), seen
+    assert all(seen[k][0] < 0.2 and seen[k][1] < 0.25 for k in (6, 7)), seen
+    # ... looking at the filler "again" instead (0.88 and 0.72)
+    assert seen[6][2] and seen[7][2] and seen[6][3] > 0.8 and 0.6 < seen[7][3] < 0.8, seen
+
+
+def test_third_name_prompts_follow_the_last_name_rule_not_the_task(model, chapter_batch):
+    """§5.5: with "and C" after S2 the rule "suppress the last-mentioned name" answers S on every
+    prompt; the model prefers S on 78 %, IO on 22 %, C never; L0H2 looks at C (0.82) and writes
+    -5.1 onto it, +0.8 onto S; the logit difference is -2.15."""
+    b = chapter_batch
+    tok = Tokenizer()
+    from utils.corpus import NAMES
+
+    names = torch.tensor([tok.stoi[n] for n in NAMES])
+    assert torch.equal(P.last_name_heuristic(b.clean, names), b.io)
+    third, c = P.add_third_name(b, seed=0)
+    assert third.shape == (64, b.clean.shape[1] + 2)
+    assert torch.equal(P.last_name_heuristic(third, names), b.s)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(third)
+    cand = torch.stack([b.io, b.s, c], 1)
+    choice = cand.gather(1, logits[:, -1].gather(-1, cand).argmax(-1, keepdim=True))[:, 0]
+    assert 0.7 < (choice == b.s).float().mean() < 0.86 and (choice == c).sum() == 0, choice
+    assert -2.6 < P.logit_diff(logits, b.io, b.s).mean() < -1.7
+    s2 = b.pos["S2"]
+    assert 0.75 < cache["pattern", 0][:, 2, -1, s2 + 2].mean() < 0.9
+    assert -5.6 < P.head_dla(model, third, c)[:, 0, 2].mean() < -4.6
+    assert 0.3 < P.head_dla(model, third, b.s)[:, 0, 2].mean() < 1.3
+
+
+def test_attribution_error_is_layernorm_and_integrated_gradients_repair_it(model, chapter_batch):
+    """§7: the linear estimate is off by -0.49 for L0H2 and by at most 0.03 elsewhere; walking the
+    patch part way, the metric bends (0.66 at alpha = 0.5) but is a straight line with every
+    LayerNorm scale frozen; integrated gradients: 1 step overshoots (1.73), 2 steps are within 0.02,
+    8 within 0.003."""
+    b = chapter_batch
+    metric = P.normalised_ld_metric(model, b)
+    with torch.no_grad():
+        base = metric(model(b.corrupt))
+        _, clean_cache = model.run_with_cache(b.clean)
+        _, corrupt_cache = model.run_with_cache(b.corrupt)
+    actual = P.patch_head_outputs(model, b.clean, b.corrupt, metric) - base
+    error = (P.attribution_patch(model, b.clean, b.corrupt, metric) - actual).flatten()
+    assert -0.55 < error[2] < -0.43 and torch.cat([error[:2], error[3:]]).abs().max() < 0.05, error
+    name = "blocks.0.attn.hook_z"
+    z0 = corrupt_cache[name][:, :, 2]
+    dz = clean_cache[name][:, :, 2] - z0
+
+    def walk(alpha, freeze):
+        def move(z, hook):
+            z = z.clone()
+            z[:, :, 2] = z0 + alpha * dz
+            return z
+
+        hooks = [(name, move)] + ([(lambda n: n.endswith("hook_scale"), lambda x, hook: corrupt_cache[hook.name])] if freeze else [])
+        with torch.no_grad():
+            return metric(model.run_with_hooks(b.corrupt, fwd_hooks=hooks)).item()
+
+    free = [walk(a / 10, False) for a in range(11)]
+    frozen = [walk(a / 10, True) for a in range(11)]
+    gaps = torch.tensor(frozen).diff()
+    assert gaps.max() - gaps.min() < 0.02, gaps  # a straight line
+    assert 0.6 < free[5] < 0.72 and abs(free[-1] - actual[0, 2]) < 1e-4
+    steps = {k: P.integrated_attribution(model, b.clean, b.corrupt, metric, steps=k) for k in (1, 2, 8)}
+    assert 1.6 < steps[1][0, 2] < 1.85, steps[1]
+    assert (steps[2] - actual).abs().max() < 0.03 and (steps[8] - actual).abs().max() < 0.005

@@ -179,6 +179,59 @@ def normalised_ld_metric(model: Transformer, batch: IOIBatch) -> Metric:
     return lambda logits: normalised_metric(logit_diff(logits, batch.io, batch.s).mean(), ld_clean, ld_corrupt)
 
 
+# ---- Direct logit attribution and the last-name heuristic ------------------------------------
+def head_dla(model: Transformer, tokens: Tensor, names: Tensor) -> Tensor:
+    """[batch, n_layers, n_heads]: each head's *direct* contribution to the logit of ``names[b]``
+    (one token id per prompt) at the last position.
+
+    A head writes ``z_h W_O^h`` into the residual stream; the final LayerNorm is linear once its
+    scale is fixed at the value of this run (centre, divide by ``ln_final.hook_scale``, multiply
+    by the gain ``w``), and the unembedding is linear: so the head's share of the logit is that
+    vector dotted with ``W_U[:, name]``. Biases (``b_O``, LayerNorm's ``b``, ``b_U``) belong to
+    no head and are left out; so is everything a head does *through later heads*."""
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_z") or n == "ln_final.hook_scale")
+        scale = cache["ln_final.hook_scale"][:, -1]  # [batch, 1]
+        direction = model.unembed.W_U[:, names.to(tokens.device)].T  # [batch, d_model]
+        out = []
+        for layer in range(model.cfg.n_layers):
+            z = cache[f"blocks.{layer}.attn.hook_z"][:, -1]  # [batch, head, d_head]
+            per_head = einops.einsum(z, model.blocks[layer].attn.W_O, "b h d, h d m -> b h m")
+            per_head = (per_head - per_head.mean(-1, keepdim=True)) / scale[:, None] * model.ln_final.w
+            out.append(einops.einsum(per_head, direction, "b h m, b m -> b h"))
+    return torch.stack(out, dim=1)
+
+
+def last_name_heuristic(tokens: Tensor, names: Tensor) -> Tensor:
+    """[batch, pos], [n_names] -> [batch]: the answer of the rule "suppress the last-mentioned
+    name": the most recently mentioned name that differs from the last-mentioned one (-1 where
+    a prompt mentions fewer than two different names).
+
+    On every IOI template the last-mentioned name is S2, so the rule answers IO; it parts from
+    the IOI answer as soon as another name follows S2."""
+    positions = torch.arange(tokens.shape[1], device=tokens.device)
+    rows = torch.arange(len(tokens), device=tokens.device)
+    is_name = torch.isin(tokens, names.to(tokens.device))
+    last = tokens[rows, torch.where(is_name, positions, -1).max(-1).values.clamp(min=0)]
+    other = is_name & (tokens != last[:, None])
+    before = torch.where(other, positions, -1).max(-1).values
+    return torch.where(before >= 0, tokens[rows, before.clamp(min=0)], -1)
+
+
+def add_third_name(batch: IOIBatch, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Prompts on which "suppress the last-mentioned name" and the IOI answer part: ``and C``
+    inserted after S2, with C a third name ("..., Ben and Ruth handed the key to" -> Laura).
+    Returns (tokens [batch, pos + 2], c [batch]). The answer is still IO (the one name that
+    neither gives nor is repeated); the last-mentioned name is now C, and the most recent name
+    before it is S."""
+    tok = Tokenizer()
+    rng = random.Random(seed)
+    s2 = batch.pos["S2"]
+    c = torch.tensor([tok.stoi[rng.choice([nm for nm in NAMES if nm not in (p["io"], p["s"])])] for p in batch.prompts])
+    middle = torch.stack([torch.full_like(c, tok.stoi["and"]), c], dim=1)
+    return torch.cat([batch.clean[:, : s2 + 1], middle, batch.clean[:, s2 + 1 :]], dim=1), c
+
+
 # ---- Activation patching --------------------------------------------------------------------
 def _results(model: Transformer, *shape: int) -> Tensor:
     """A table for metric values, on the model's device and in its dtype (GPU, float64, meta)."""
@@ -194,6 +247,23 @@ def _runs(model: Transformer, clean: Tensor, corrupt: Tensor, direction: str, na
     return target, cache
 
 
+def patch_activation(model: Transformer, target: Tensor, source_cache, metric: Metric, hook_name: str,
+                     index: tuple) -> Tensor:
+    """The metric of a run on ``target`` in which the activation ``hook_name`` has its entries
+    ``[index]`` replaced by ``source_cache[hook_name][index]`` (the rest stays as computed).
+
+    ``index`` indexes the whole activation, batch axis included: ``(slice(None), pos)`` is one
+    position of every prompt, ``(slice(None), slice(None), head)`` one head of ``hook_z``. Every
+    patching loop of this module is this call inside loops over names and indices."""
+    def hook(act, hook):
+        act = act.clone()  # never write into the activation the model computed
+        act[index] = source_cache[hook.name][index]
+        return act
+
+    with torch.no_grad():
+        return metric(model.run_with_hooks(target, fwd_hooks=[(hook_name, hook)]))
+
+
 @torch.no_grad()
 def patch_residual(model: Transformer, clean: Tensor, corrupt: Tensor, metric: Metric, direction: str = "denoise") -> Tensor:
     """[n_layers, pos]: the metric after patching ``blocks.{layer}.hook_resid_pre`` at one position.
@@ -205,12 +275,7 @@ def patch_residual(model: Transformer, clean: Tensor, corrupt: Tensor, metric: M
     out = _results(model, model.cfg.n_layers, clean.shape[1])
     for layer in range(model.cfg.n_layers):
         for pos in range(clean.shape[1]):
-            def hook(resid, hook, pos=pos):
-                resid = resid.clone()
-                resid[:, pos] = cache[hook.name][:, pos]
-                return resid
-
-            out[layer, pos] = metric(model.run_with_hooks(target, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", hook)]))
+            out[layer, pos] = patch_activation(model, target, cache, metric, f"blocks.{layer}.hook_resid_pre", (slice(None), pos))
     return out
 
 
@@ -229,14 +294,8 @@ def patch_block_outputs(model: Transformer, clean: Tensor, corrupt: Tensor, metr
     out = _results(model, len(comps), model.cfg.n_layers, clean.shape[1])
     for c, comp in enumerate(comps):
         for layer in range(model.cfg.n_layers):
-            name = f"blocks.{layer}.hook_{comp}"
             for pos in range(clean.shape[1]):
-                def hook(act, hook, pos=pos):
-                    act = act.clone()
-                    act[:, pos] = cache[hook.name][:, pos]
-                    return act
-
-                out[c, layer, pos] = metric(model.run_with_hooks(target, fwd_hooks=[(name, hook)]))
+                out[c, layer, pos] = patch_activation(model, target, cache, metric, f"blocks.{layer}.hook_{comp}", (slice(None), pos))
     return out
 
 
@@ -380,6 +439,42 @@ def attribution_patch(model: Transformer, clean: Tensor, corrupt: Tensor, metric
         out.append(einops.einsum(dz, z.grad, "b p h d, b p h d -> h"))
     model.zero_grad(set_to_none=True)
     return torch.stack(out)
+
+
+def integrated_attribution(model: Transformer, clean: Tensor, corrupt: Tensor, metric: Metric, steps: int = 4) -> Tensor:
+    """[n_layers, n_heads]: attribution patching with the gradient averaged along the way
+    (integrated gradients, Sundararajan et al. 2017; Marks et al. 2024 use it for circuits).
+
+    For each head alone, move its output along the straight line ``z_corrupt + α Δz`` (every
+    other activation computed as usual) and average ∂metric/∂z at the midpoints
+    ``α = (k + ½) / steps``, k = 0 … steps - 1; return ``Δz · mean gradient``. Since
+    d metric / dα = Δz · ∂metric/∂z, the exact integral is the real patch's change,
+    ``patch_head_outputs - metric(corrupt)``, and the midpoint sum converges to it as ``steps``
+    grows; ``attribution_patch`` is the one-point estimate at α = 0. Costs
+    ``n_layers * n_heads * steps`` forward and backward passes."""
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_z"))
+        _, corrupt_cache = model.run_with_cache(corrupt, names_filter=lambda n: n.endswith("hook_z"))
+    out = _results(model, model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        name = f"blocks.{layer}.attn.hook_z"
+        for head in range(model.cfg.n_heads):
+            z0, dz = corrupt_cache[name][:, :, head], clean_cache[name][:, :, head] - corrupt_cache[name][:, :, head]
+            total = torch.zeros_like(dz)
+            for k in range(steps):
+                x = (z0 + (k + 0.5) / steps * dz).requires_grad_(True)
+
+                def hook(z, hook, x=x, head=head):
+                    z = z.clone()
+                    z[:, :, head] = x
+                    return z
+
+                with torch.enable_grad():
+                    metric(model.run_with_hooks(corrupt, fwd_hooks=[(name, hook)])).backward()
+                total += x.grad
+            out[layer, head] = (dz * total / steps).sum()
+    model.zero_grad(set_to_none=True)
+    return out
 
 
 # ---- Circuits -------------------------------------------------------------------------------

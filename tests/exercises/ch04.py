@@ -516,6 +516,186 @@ def faith_not_divided(model, tokens, io, s, circuit, reference):
     return ref.circuit_logit_diff(model, tokens, io, s, circuit, reference)
 
 
+# ---- 12. direct logit attribution -----------------------------------------------------------
+def run_head_dla(impl, ctx):
+    model, clean, _, _ = _setup(ctx)
+    with torch.no_grad():  # a gain that is not all ones, so forgetting it shows
+        model.ln_final.w.mul_(1 + 0.5 * ctx.randn(model.cfg.d_model).abs())
+    names = ctx.randint(N_NAMES, clean.shape[0])
+    return {"direct logit attribution": _as_tensor(ctx.call(impl, model, clean, names), "the result")}
+
+
+def _dla(model, tokens, names, centre=True, scale=True, gain=True, positions="last"):
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        sc = cache["ln_final.hook_scale"]  # [batch, pos, 1]
+        out = []
+        for layer in range(model.cfg.n_layers):
+            per = torch.einsum("bphd,hdm->bphm", cache[f"blocks.{layer}.attn.hook_z"], model.blocks[layer].attn.W_O)
+            if centre:
+                per = per - per.mean(-1, keepdim=True)
+            if scale:
+                per = per / sc[:, :, None]
+            if gain:
+                per = per * model.ln_final.w
+            per = per @ model.unembed.W_U  # [batch, pos, head, d_vocab]
+            per = per[torch.arange(len(names)), :, :, names]  # [batch, pos, head]
+            out.append(per[:, -1] if positions == "last" else per.sum(1))
+    return torch.stack(out, 1)
+
+
+def dla_no_scale(model, tokens, names):
+    return _dla(model, tokens, names, scale=False)
+
+
+def dla_not_centred(model, tokens, names):
+    return _dla(model, tokens, names, centre=False)
+
+
+def dla_no_gain(model, tokens, names):
+    return _dla(model, tokens, names, gain=False)
+
+
+def dla_every_position(model, tokens, names):
+    return _dla(model, tokens, names, positions="sum")
+
+
+# ---- 13. the last-name heuristic ------------------------------------------------------------
+def run_heuristic(impl, ctx):
+    c = ctx.case
+    batch, pos = c["batch"], c["pos"]
+    tokens = ctx.randint(VOCAB - N_NAMES, batch, pos) + N_NAMES
+    names = torch.randperm(N_NAMES, generator=ctx.gen)[: c["n_names"]]
+    for row in range(batch):
+        k = int(torch.randint(3, c["mentions"] + 1, (1,), generator=ctx.gen))
+        where = torch.randperm(pos - 1, generator=ctx.gen)[:k] + 1
+        pool = names[torch.randperm(len(names), generator=ctx.gen)[:3]]
+        who = pool[torch.randint(0, len(pool), (k,), generator=ctx.gen)]
+        who[:2] = pool[:2]  # at least two different names
+        tokens[row, where] = who[torch.randperm(k, generator=ctx.gen)]
+    return {"heuristic's answer": ctx.call(impl, tokens, names)}
+
+
+def _mentions(tokens, names):
+    keep = set(names.tolist())
+    return [[t for t in row.tolist() if t in keep] for row in tokens]
+
+
+def heur_last_name(tokens, names):
+    return torch.tensor([m[-1] for m in _mentions(tokens, names)])
+
+
+def heur_first_other(tokens, names):
+    return torch.tensor([next(t for t in m if t != m[-1]) for m in _mentions(tokens, names)])
+
+
+def heur_second_to_last(tokens, names):
+    return torch.tensor([m[-2] for m in _mentions(tokens, names)])
+
+
+def heur_four_back(tokens, names):
+    return tokens[:, -4].clone()
+
+
+# ---- 14. a generic patch --------------------------------------------------------------------
+def run_patch_activation(impl, ctx):
+    model, clean, corrupt, metric = _setup(ctx)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(clean)
+    out = {}
+    for name, index in ctx.case["patches"]:
+        idx = tuple(slice(None) if i is None else i for i in index)
+        value = _as_tensor(ctx.call(impl, model, corrupt, cache, metric, name, idx), "the result")
+        out[f"{name}{list(index)}"] = float(value) if value.numel() == 1 else value
+    return out
+
+
+def _patch_with(model, target, cache, metric, hook_name, write, names=None):
+    def hook(act, hook):
+        act = act.clone()
+        write(act, cache[hook.name])
+        return act
+
+    with torch.no_grad():
+        return metric(model.run_with_hooks(target, fwd_hooks=[(names or hook_name, hook)]))
+
+
+def pa_whole(model, target, source_cache, metric, hook_name, index):
+    return _patch_with(model, target, source_cache, metric, hook_name, lambda a, s: a.copy_(s))
+
+
+def pa_every_layer(model, target, source_cache, metric, hook_name, index):
+    suffix = hook_name.split(".", 2)[-1]
+
+    def write(a, s):
+        a[index] = s[index]
+
+    return _patch_with(model, target, source_cache, metric, hook_name, write, names=lambda n: n.endswith(suffix))
+
+
+def pa_broadcast(model, target, source_cache, metric, hook_name, index):
+    def write(a, s):
+        a[...] = s[index].unsqueeze(len([i for i in index if isinstance(i, slice)]))  # every position gets the patched slice
+
+    return _patch_with(model, target, source_cache, metric, hook_name, write)
+
+
+def pa_own_values(model, target, source_cache, metric, hook_name, index):
+    with torch.no_grad():
+        _, own = model.run_with_cache(target)
+    return ref.patch_activation(model, target, own, metric, hook_name, index)
+
+
+# ---- 15. integrated attribution -------------------------------------------------------------
+def run_integrated(impl, ctx):
+    model, clean, corrupt, metric = _setup(ctx)
+    value = ctx.call(impl, model, clean, corrupt, metric, steps=ctx.case["steps"])
+    return {"integrated attribution": _as_tensor(value, "the result")}
+
+
+def _integrated(model, clean, corrupt, metric, alphas, reduce="mean", times="delta"):
+    with torch.no_grad():
+        _, cc = model.run_with_cache(clean)
+        _, kc = model.run_with_cache(corrupt)
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        name = f"blocks.{layer}.attn.hook_z"
+        for head in range(model.cfg.n_heads):
+            z0, dz = kc[name][:, :, head], cc[name][:, :, head] - kc[name][:, :, head]
+            grads = []
+            for a in alphas:
+                x = (z0 + a * dz).requires_grad_(True)
+
+                def hook(z, hook, x=x, head=head):
+                    z = z.clone()
+                    z[:, :, head] = x
+                    return z
+
+                with torch.enable_grad():
+                    metric(model.run_with_hooks(corrupt, fwd_hooks=[(name, hook)])).backward()
+                grads.append(x.grad)
+            g = torch.stack(grads).sum(0) if reduce == "sum" else torch.stack(grads).mean(0)
+            out[layer, head] = ((dz if times == "delta" else cc[name][:, :, head]) * g).sum()
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def ig_endpoints(model, clean, corrupt, metric, steps=4):
+    return _integrated(model, clean, corrupt, metric, torch.linspace(0, 1, steps).tolist())
+
+
+def ig_summed(model, clean, corrupt, metric, steps=4):
+    return _integrated(model, clean, corrupt, metric, [(k + 0.5) / steps for k in range(steps)], reduce="sum")
+
+
+def ig_at_corrupt(model, clean, corrupt, metric, steps=4):
+    return ref.attribution_patch(model, clean, corrupt, metric)
+
+
+def ig_no_difference(model, clean, corrupt, metric, steps=4):
+    return _integrated(model, clean, corrupt, metric, [(k + 0.5) / steps for k in range(steps)], times="clean")
+
+
 # ---------------------------------------------------------------------------------------------
 _SMALL = [dict(seed=401, batch=3, pos=8, describe="a random 2-layer model with MLPs (3 heads), 3 prompts of 8 tokens"),
           dict(seed=402, batch=2, pos=10, layers=3, heads=2, attn_only=True, s2_back=5,
@@ -662,5 +842,70 @@ EXERCISES = [
             Mistake("not divided", "return a fraction: the ablated mean logit difference divided by the full model's.", faith_not_divided),
         ],
         stuck="means = reference z cache .mean(0) per layer; hook every hook_z: torch.where(head in circuit, z, mean); divide the ablated mean logit difference by the full model's.",
+    ),
+
+    Exercise(
+        name="head_dla", title="head_dla", reference=ref.head_dla, run=run_head_dla, kind="function",
+        cases=_SMALL, hidden_cases=_SMALL_HIDDEN,
+        mistakes=[
+            Mistake("LayerNorm scale left out", "divide each head's output by the final LayerNorm's scale of that run "
+                    "(cache['ln_final.hook_scale'][:, -1]) before the unembedding: the logits see the *normalised* stream.", dla_no_scale),
+            Mistake("not centred", "LayerNorm subtracts the mean over d_model first: centre each head's output "
+                    "(x - x.mean(-1, keepdim=True)) before dividing by the scale.", dla_not_centred),
+            Mistake("gain left out", "multiply by the final LayerNorm's gain, model.ln_final.w, after dividing by the scale.", dla_no_gain),
+            Mistake("every position", "take the head's output at the last position only (z[:, -1]): that is where the logit is read; "
+                    "you summed over positions.", dla_every_position),
+        ],
+        stuck="z = cache[f'blocks.{l}.attn.hook_z'][:, -1] ([batch, head, d_head]); out = einsum(z, W_O, 'b h d, h d m -> b h m'); "
+              "centre, / scale[:, None], * ln_final.w; dot with W_U[:, names].T ([batch, d_model]); stack over layers on dim 1.",
+    ),
+    Exercise(
+        name="last_name_heuristic", title="last_name_heuristic", reference=ref.last_name_heuristic, run=run_heuristic,
+        kind="function",
+        cases=[dict(seed=4101, batch=5, pos=10, n_names=4, mentions=4, describe="5 prompts of 10 tokens, 3-4 name mentions from 4 names"),
+               dict(seed=4102, batch=8, pos=15, n_names=6, mentions=6, describe="8 prompts of 15 tokens, 3-6 name mentions from 6 names")],
+        hidden_cases=[dict(seed=0, batch=11, pos=20, n_names=8, mentions=7)],
+        mistakes=[
+            Mistake("the last name itself", "the rule *suppresses* the last-mentioned name: answer the most recent name that differs from it.", heur_last_name),
+            Mistake("first other name", "take the *most recent* name that differs from the last-mentioned one, not the earliest.", heur_first_other),
+            Mistake("second-to-last mention", "the mention before the last can be the same name again (S S); skip every mention "
+                    "of the last-mentioned name: mask = is_name & (tokens != last[:, None]).", heur_second_to_last),
+            Mistake("four tokens back", "names are not at a fixed offset: find them with torch.isin(tokens, names), whatever their positions.", heur_four_back),
+        ],
+        stuck="is_name = torch.isin(tokens, names); last = tokens[rows, where(is_name, arange, -1).max(-1).values]; "
+              "then the same max over is_name & (tokens != last[:, None]).",
+    ),
+    Exercise(
+        name="patch_activation", title="patch_activation", reference=ref.patch_activation, run=run_patch_activation,
+        kind="function",
+        cases=[dict(_SMALL[0], patches=[("blocks.1.hook_resid_pre", (None, 6)), ("blocks.0.attn.hook_z", (None, None, 1)),
+                                        ("blocks.1.hook_mlp_out", (None, 7))]),
+               dict(_SMALL[1], patches=[("blocks.2.hook_resid_pre", (None, 9)), ("blocks.1.attn.hook_pattern", (None, 0)),
+                                        ("blocks.1.hook_attn_out", (None, 8))])],
+        hidden_cases=[dict(_SMALL_HIDDEN[0], patches=[("blocks.2.hook_resid_pre", (None, 10)), ("blocks.1.attn.hook_z", (None, 11, 2))])],
+        mistakes=[
+            Mistake("whole activation", "replace only act[index]; you copied the whole activation (every position, every head).", pa_whole),
+            Mistake("every layer", "hook exactly hook_name; a filter on its ending (n.endswith(...)) patches that activation in every layer.", pa_every_layer),
+            Mistake("index on one side only", "index both sides: act[index] = source_cache[hook.name][index]; you wrote the indexed "
+                    "slice over the whole activation.", pa_broadcast),
+            Mistake("target's own values", "take the replacement from source_cache (the other run), not from a cache of the target run "
+                    "itself: patching a run with its own values changes nothing.", pa_own_values),
+        ],
+        stuck="def hook(act, hook): act = act.clone(); act[index] = source_cache[hook.name][index]; return act; "
+              "then metric(model.run_with_hooks(target, fwd_hooks=[(hook_name, hook)])) under torch.no_grad().",
+    ),
+    Exercise(
+        name="integrated_attribution", title="integrated_attribution", reference=ref.integrated_attribution, run=run_integrated,
+        kind="function", cases=[dict(_SMALL[0], steps=2), dict(_SMALL[1], steps=3)],
+        hidden_cases=[dict(_SMALL_HIDDEN[0], steps=4)], atol=1e-4, rtol=1e-3, time_limit=20.0,
+        mistakes=[
+            Mistake("endpoints", "use the midpoints alpha = (k + 0.5) / steps; torch.linspace(0, 1, steps) includes alpha = 0 and 1.", ig_endpoints),
+            Mistake("summed, not averaged", "average the gradients over the steps (divide by steps): the estimate is dz . mean gradient.", ig_summed),
+            Mistake("only at alpha = 0", "take the gradient at every midpoint alpha = (k + 0.5) / steps, with only this head moved to "
+                    "z_corrupt + alpha * dz; at alpha = 0 alone it is attribution patching.", ig_at_corrupt),
+            Mistake("no difference", "multiply the mean gradient by the change dz = z_clean - z_corrupt, not by z_clean.", ig_no_difference),
+        ],
+        stuck="for each (layer, head) and k: x = (z0 + (k + 0.5) / steps * dz).requires_grad_(); a hook puts x into z[:, :, head]; "
+              "metric(...).backward(); add x.grad. Then (dz * total / steps).sum().",
     ),
 ]
