@@ -145,3 +145,20 @@ def test_correlated_pairs_are_orthogonal_or_collapse(correlated):
     assert ((norms > 0.695) & (norms < 0.755)).all(), norms  # 0.70-0.75
     cross = torch.nn.functional.cosine_similarity(corr[2, :, 0], corr[2, :, 2], dim=0)
     assert cross < -0.995  # p = 0.06: feature 0's antipodal partner is feature 2, from the other pair
+
+
+def test_relu_layer_computes_abs_in_superposition_when_sparse():
+    model, p = tm.abs_experiment(progress=False)
+    explained = tm.abs_explained(model, p)
+    poly = tm.polysemantic_fraction(model.W1.detach().abs())
+    assert p[0] == 1 and p[1] == pytest.approx(0.5, abs=0.01) and p[-1] == pytest.approx(0.03, abs=0.003)
+    for inst in (0, 1):  # dense: exactly 3 features computed (1.00), 3 not at all (0.00), 2 neurons each
+        assert int((explained[inst] > 0.995).sum()) == 3 and int((explained[inst].abs() < 0.005).sum()) == 3, explained[inst]
+        assert ((model.W1.detach()[inst].abs() > 0.5).sum(0) == 2 * (explained[inst] > 0.995)).all()
+        assert poly[inst] == 0
+    assert explained[0, [0, 4, 5]].min() > 0.995  # the three computed at p = 1
+    sparse = explained[-1].sort().values
+    assert sparse[-1] == pytest.approx(0.98, abs=0.005) and sparse[-2] == pytest.approx(0.94, abs=0.005), sparse
+    assert sparse[:4].min() > 0.405 and sparse[:4].max() < 0.455, sparse  # 0.41-0.45
+    assert poly[-1] == 1
+    assert (explained[3:5] > 0.3).sum(-1).tolist() == [5, 4]  # p = 0.13, 0.06: mixed

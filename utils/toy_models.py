@@ -133,8 +133,9 @@ def train_toy_model(model: ToyModel, feature_probability: Tensor, importance: Te
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     # on the model's device, in its dtype (the batches are drawn on the CPU, then moved there)
-    feature_probability = feature_probability.to(model.W.device, model.W.dtype).reshape(model.cfg.n_instances, -1)
-    importance = importance.to(model.W.device, model.W.dtype)
+    weight = next(model.parameters())  # device and dtype of the model (W, or W1 for AbsModel)
+    feature_probability = feature_probability.to(weight.device, weight.dtype).reshape(model.cfg.n_instances, -1)
+    importance = importance.to(weight.device, weight.dtype)
     losses = []
     bar = tqdm(range(steps), desc=desc, mininterval=0.5, disable=not progress)
     # These tensors are tiny: one thread is several times faster than two (no synchronisation),
@@ -280,6 +281,71 @@ def correlation_experiment(batch_fn, steps: int = 4_000, progress: bool = True, 
     torch.manual_seed(0)
     train_toy_model(model, p, torch.ones(cfg.n_features), steps=steps, progress=progress, desc=desc,
                     batch_fn=lambda n, q, f, gen: batch_fn(n, q.reshape(-1), f // 2))
+    return model, p
+
+
+# ---- Computation in superposition: |x| through a ReLU layer ------------------------------------
+class AbsModel(nn.Module):
+    """Elhage et al. (2022), *Computation in superposition*: features take values in [-1, 1] and
+    the model must output their absolute values through ``n_hidden`` ReLU neurons,
+
+        h = ReLU(W1 x),    y' = ReLU(W2 h + b_final)
+
+    W1: [instances, hidden, features], W2: [instances, features, hidden] (not tied). One neuron
+    cannot compute |x| (a ReLU sees only one sign): |x| = ReLU(x) + ReLU(-x) takes two."""
+
+    def __init__(self, cfg: ToyConfig, seed: int | None = 0):
+        super().__init__()
+        self.cfg = cfg
+        gen = torch.Generator().manual_seed(seed if seed is not None else 0)
+        std = (2 / (cfg.n_hidden + cfg.n_features)) ** 0.5
+        self.W1 = nn.Parameter(torch.randn(cfg.n_instances, cfg.n_hidden, cfg.n_features, generator=gen) * std)
+        self.W2 = nn.Parameter(torch.randn(cfg.n_instances, cfg.n_features, cfg.n_hidden, generator=gen) * std)
+        self.b_final = nn.Parameter(torch.zeros(cfg.n_instances, cfg.n_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(einops.einsum(x, self.W1, "batch inst feat, inst hid feat -> batch inst hid"))
+        out = einops.einsum(h, self.W2, "batch inst hid, inst feat hid -> batch inst feat")
+        return F.relu(out + self.b_final)
+
+
+def generate_signed_batch(n_batch: int, feature_probability: Tensor, n_features: int,
+                          generator: torch.Generator | None = None) -> Tensor:
+    """Like ``generate_batch``, but a present feature takes a value from U[-1, 1]."""
+    n_instances = feature_probability.shape[0]
+    shape = (n_batch, n_instances, n_features)
+    values = torch.rand(shape, generator=generator) * 2 - 1
+    present = torch.rand(shape, generator=generator) < feature_probability.reshape(n_instances, -1)
+    return values * present
+
+
+def _abs_step(model, optimizer, x, importance):
+    loss = importance_weighted_loss(model(x), x.abs(), importance)  # the target is |x|
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def abs_explained(model: nn.Module, feature_probability: Tensor, n_eval: int = 20_000, seed: int = 1) -> Tensor:
+    """[instances, features]: how much of the variance of |x_i| the model's output explains,
+    1 - E[(y'_i - |x_i|)^2] / Var(|x_i|), on a fresh batch (1: computed, about 0: not)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = generate_signed_batch(n_eval, feature_probability, model.cfg.n_features, gen)
+    target = x.abs()
+    return 1 - ((model(x) - target) ** 2).mean(0) / target.var(0).clamp_min(1e-12)
+
+
+def abs_experiment(model_cls=AbsModel, steps: int = 4_000, progress: bool = True):
+    """|x| of 6 features (importance 0.9^i) through 6 ReLU neurons, at 6 feature probabilities from 1 to 0.03."""
+    cfg = ToyConfig(n_instances=6, n_features=6, n_hidden=6)
+    p = torch.logspace(0, -1.5, cfg.n_instances)
+    torch.manual_seed(0)
+    model = model_cls(cfg)
+    train_toy_model(model, p, 0.9 ** torch.arange(cfg.n_features, dtype=torch.float32), steps=steps, progress=progress,
+                    desc="|x| in superposition", step_fn=_abs_step,
+                    batch_fn=lambda n, q, f, gen: generate_signed_batch(n, q, f, gen))
     return model, p
 
 # ---- Shipped sweeps: too slow to train live on 2 cores, trained by recipes ------------------

@@ -536,6 +536,42 @@ def bands_threshold_ignored(dims, norms, fractions, tol=0.02, threshold=0.5):
 
 
 
+# ---- 16. AbsModel.forward (computation in superposition) ------------------------------------
+def run_abs_forward(impl, ctx):
+    c = ctx.case
+    model = ctx.make(impl, c["cfg"])
+    x = _sparse_x(ctx, c["batch"], c["cfg"], c["p"])
+    x = x * torch.where(ctx.randn(*x.shape) > 0, 1.0, -1.0)  # values in [-1, 1]: both signs
+    return {"out": ctx.call(model, x)}
+
+
+def _abs_hidden(model, x):
+    return einops.einsum(x, model.W1, "batch inst feat, inst hid feat -> batch inst hid")
+
+
+class AbsNoHiddenRelu(ref.AbsModel):
+    def forward(self, x):
+        return F.relu(einops.einsum(_abs_hidden(self, x), self.W2, "batch inst hid, inst feat hid -> batch inst feat") + self.b_final)
+
+
+class AbsTied(ref.AbsModel):
+    def forward(self, x):
+        h = F.relu(_abs_hidden(self, x))
+        return F.relu(einops.einsum(h, self.W1, "batch inst hid, inst hid feat -> batch inst feat") + self.b_final)
+
+
+class AbsNoOutputRelu(ref.AbsModel):
+    def forward(self, x):
+        h = F.relu(_abs_hidden(self, x))
+        return einops.einsum(h, self.W2, "batch inst hid, inst feat hid -> batch inst feat") + self.b_final
+
+
+class AbsNoBias(ref.AbsModel):
+    def forward(self, x):
+        h = F.relu(_abs_hidden(self, x))
+        return F.relu(einops.einsum(h, self.W2, "batch inst hid, inst feat hid -> batch inst feat"))
+
+
 # ---------------------------------------------------------------------------------------------
 _W_CASES = [dict(seed=81, inst=3, hid=2, feat=5, describe="W of shape (3, 2, 5) [instances, hidden, features]"),
             dict(seed=82, inst=2, hid=4, feat=9, sparse_rows=True, describe="W of shape (2, 4, 9), some features zeroed")]
@@ -754,5 +790,22 @@ EXERCISES = [
         ],
         stuck="v = dims[norms > threshold]; d = (v[:, None] - fractions[None]).abs(); nearest = d.min(-1); "
               "torch.bincount(nearest.indices[nearest.values < tol], minlength=len(fractions)).",
+    ),
+    Exercise(
+        name="abs_model", title="AbsModel", reference=ref.AbsModel, run=run_abs_forward,
+        cases=[dict(seed=119, cfg=ToyConfig(n_instances=3, n_features=5, n_hidden=4), batch=6, p=0.5,
+                    describe="x of shape (6, 3, 5) with values in [-1, 1], 4 hidden neurons, random W1, W2, b_final"),
+               dict(seed=120, cfg=ToyConfig(n_instances=2, n_features=4, n_hidden=7), batch=5, p=0.9,
+                    describe="x of shape (5, 2, 4) with values in [-1, 1], 7 hidden neurons, random W1, W2, b_final")],
+        hidden_cases=[dict(seed=0, cfg=ToyConfig(n_instances=4, n_features=9, n_hidden=6), batch=8, p=0.3)],
+        mistakes=[
+            Mistake("no hidden ReLU", "apply a ReLU to the hidden layer, h = ReLU(W1 x): without it the model is linear up to the "
+                    "output ReLU and cannot compute |x| = ReLU(x) + ReLU(-x).", AbsNoHiddenRelu),
+            Mistake("tied weights", "this model has its own output weights: contract h with W2 ([instances, features, hidden]), not with W1.", AbsTied),
+            Mistake("no output ReLU", "keep the output ReLU: y' = ReLU(W2 h + b_final).", AbsNoOutputRelu),
+            Mistake("no bias", "add b_final before the output ReLU: ReLU(W2 h + b_final).", AbsNoBias),
+        ],
+        stuck="h = ReLU(einsum(x, W1, 'batch inst feat, inst hid feat -> batch inst hid')); "
+              "out = ReLU(einsum(h, W2, 'batch inst hid, inst feat hid -> batch inst feat') + b_final).",
     ),
 ]
