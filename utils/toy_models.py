@@ -79,6 +79,29 @@ def generate_batch(n_batch: int, feature_probability: Tensor, n_features: int,
     return values.to(**target) * present
 
 
+def generate_correlated_batch(n_batch: int, feature_probability: Tensor, n_pairs: int,
+                              generator: torch.Generator | None = None) -> Tensor:
+    """[n_batch, n_instances, 2 * n_pairs]: features 2k and 2k+1 form a pair that is present
+    together (with the instance's probability) or absent together; values independent U[0, 1]."""
+    n_instances = feature_probability.shape[0]
+    values = torch.rand(n_batch, n_instances, 2 * n_pairs, generator=generator)
+    pair_present = torch.rand(n_batch, n_instances, n_pairs, generator=generator) < feature_probability.reshape(n_instances, 1)
+    return values * pair_present.repeat_interleave(2, dim=-1)  # [p0, p0, p1, p1, ...]
+
+
+def generate_anticorrelated_batch(n_batch: int, feature_probability: Tensor, n_pairs: int,
+                                  generator: torch.Generator | None = None) -> Tensor:
+    """[n_batch, n_instances, 2 * n_pairs]: features 2k and 2k+1 are never present together.
+    A pair is active with probability 2p (so p <= 0.5), then a fair coin picks which of its two
+    features is present: each feature alone is still present with probability p."""
+    n_instances = feature_probability.shape[0]
+    values = torch.rand(n_batch, n_instances, 2 * n_pairs, generator=generator)
+    active = torch.rand(n_batch, n_instances, n_pairs, generator=generator) < 2 * feature_probability.reshape(n_instances, 1)
+    first = torch.rand(n_batch, n_instances, n_pairs, generator=generator) < 0.5
+    present = torch.stack([active & first, active & ~first], dim=-1).flatten(-2)  # [a0, b0, a1, b1, ...]
+    return values * present
+
+
 def importance_weighted_loss(out: Tensor, x: Tensor, importance: Tensor) -> Tensor:
     """Squared error weighted by importance [n_instances, n_features] (or [n_features]):
     mean over batch and features for each instance, summed over instances, so every instance
@@ -96,11 +119,12 @@ def train_toy_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor
 
 def train_toy_model(model: ToyModel, feature_probability: Tensor, importance: Tensor, steps: int = 10_000,
                     batch_size: int = 1024, lr: float = 1e-3, seed: int = 0, progress: bool = True,
-                    desc: str = "toy models", step_fn=None) -> list[float]:
+                    desc: str = "toy models", step_fn=None, batch_fn=None) -> list[float]:
     """AdamW, constant lr 1e-3, fresh batches of 1024 (the paper's settings). Returns the losses.
 
     ``step_fn(model, optimizer, x, importance) -> loss`` does one step (chapter 3 has you write it).
-    Batches come from the toolkit's seeded ``generate_batch``, so runs are repeatable."""
+    Batches come from the toolkit's seeded ``generate_batch`` (or ``batch_fn(n_batch,
+    feature_probability, n_features, generator)``, e.g. correlated features), so runs are repeatable."""
     from tqdm.auto import tqdm
 
     from .grading import demo_steps
@@ -109,8 +133,9 @@ def train_toy_model(model: ToyModel, feature_probability: Tensor, importance: Te
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     # on the model's device, in its dtype (the batches are drawn on the CPU, then moved there)
-    feature_probability = feature_probability.to(model.W.device, model.W.dtype).reshape(model.cfg.n_instances, -1)
-    importance = importance.to(model.W.device, model.W.dtype)
+    weight = next(model.parameters())  # device and dtype of the model (W, or W1 for AbsModel)
+    feature_probability = feature_probability.to(weight.device, weight.dtype).reshape(model.cfg.n_instances, -1)
+    importance = importance.to(weight.device, weight.dtype)
     losses = []
     bar = tqdm(range(steps), desc=desc, mininterval=0.5, disable=not progress)
     # These tensors are tiny: one thread is several times faster than two (no synchronisation),
@@ -119,7 +144,7 @@ def train_toy_model(model: ToyModel, feature_probability: Tensor, importance: Te
     torch.set_num_threads(1)
     try:
         for step in bar:
-            x = generate_batch(batch_size, feature_probability, model.cfg.n_features, gen)
+            x = (batch_fn or generate_batch)(batch_size, feature_probability, model.cfg.n_features, gen)
             losses.append((step_fn or train_toy_step)(model, optimizer, x, importance))
             if step % 200 == 0:
                 bar.set_postfix(loss=f"{losses[-1] / model.cfg.n_instances:.4f}")
@@ -190,6 +215,22 @@ def antipodal_pairs(W: Tensor, threshold: float = 0.5, cos: float = -0.9) -> Ten
     return ((cosines < cos) & both).triu(1).sum(dim=(-1, -2))
 
 
+def pair_cosines(W: Tensor) -> Tensor:
+    """[instances, hidden, 2 * n_pairs] -> [instances, n_pairs]: cosine similarity between the
+    directions of features 2k and 2k+1 (0: orthogonal, -1: antipodal)."""
+    return F.cosine_similarity(W[..., 0::2], W[..., 1::2], dim=1, eps=1e-8)
+
+
+def band_counts(dims: Tensor, norms: Tensor, fractions: Tensor, tol: float = 0.02, threshold: float = 0.5) -> Tensor:
+    """How many represented features (norm > threshold) sit on each band of ``fractions``:
+    each feature's dimensionality counts for its nearest fraction if it lies within ``tol``
+    of it. dims, norms: [instances, features] -> [n_fractions] counts (int64)."""
+    values = dims[norms > threshold]
+    distance = (values[:, None] - fractions[None, :].to(values.dtype)).abs()
+    nearest = distance.min(-1)
+    return torch.bincount(nearest.indices[nearest.values < tol], minlength=fractions.shape[0])
+
+
 def is_regular_polygon(W2: Tensor, threshold: float = 0.5, tol_deg: float = 8.0) -> bool:
     """For one instance with 2 hidden dims ([2, features]): are all features represented, with
     equal norms and equally spaced angles (a regular polygon, e.g. the pentagon)?"""
@@ -214,25 +255,6 @@ def intro_experiment(model_cls=ToyModel, step_fn=None, steps: int = 10_000, prog
     return model, p
 
 
-def dimensionality_experiment(steps: int = 5_000, progress: bool = True):
-    """40 equally important features in 10 dimensions, at 12 sparsities from p = 1 to p = 0.005."""
-    cfg = ToyConfig(n_instances=12, n_features=40, n_hidden=10)
-    p = torch.logspace(0, -2.3, cfg.n_instances)
-    model = ToyModel(cfg, seed=0)
-    train_toy_model(model, p, torch.ones(cfg.n_features), steps=steps, progress=progress, desc="40 features in 10 dims")
-    return model, p
-
-
-def phase_experiment(steps: int = 4_000, k: int = 8, progress: bool = True):
-    """One neuron, two features: feature 1's relative importance (0.1..10) x density (1..0.01), k x k instances."""
-    density = torch.logspace(0, -2, k).repeat_interleave(k)
-    relative = torch.logspace(-1, 1, k).repeat(k)
-    model = ToyModel(ToyConfig(n_instances=k * k, n_features=2, n_hidden=1), seed=0)
-    importance = torch.stack([torch.ones(k * k), relative], dim=1)
-    train_toy_model(model, density, importance, steps=steps, progress=progress, desc="one neuron, two features")
-    return model, density, relative
-
-
 def privileged_experiment(model_cls=HiddenReluModel, steps: int = 6_000, progress: bool = True):
     """A ReLU hidden layer: 10 features (importance 0.75^i) on 5 neurons, p from 0.5 down to 0.01.
 
@@ -245,3 +267,201 @@ def privileged_experiment(model_cls=HiddenReluModel, steps: int = 6_000, progres
     train_toy_model(model, p, 0.75 ** torch.arange(cfg.n_features, dtype=torch.float32), steps=steps,
                     progress=progress, desc="privileged basis")
     return model, p
+
+
+
+def correlation_experiment(batch_fn, steps: int = 4_000, progress: bool = True, desc: str = "correlated pairs"):
+    """Two pairs of features (4 features) in 2 dimensions, equally important, 6 instances with p
+    from 0.2 to 0.01. ``batch_fn(n_batch, feature_probability, n_pairs)`` draws the batches (from
+    torch's global generator, seeded here): ``generate_correlated_batch`` or
+    ``generate_anticorrelated_batch``, or your own."""
+    cfg = ToyConfig(n_instances=6, n_features=4, n_hidden=2)
+    p = torch.logspace(-0.7, -2, cfg.n_instances)
+    model = ToyModel(cfg, seed=0)
+    torch.manual_seed(0)
+    train_toy_model(model, p, torch.ones(cfg.n_features), steps=steps, progress=progress, desc=desc,
+                    batch_fn=lambda n, q, f, gen: batch_fn(n, q.reshape(-1), f // 2))
+    return model, p
+
+
+# ---- Computation in superposition: |x| through a ReLU layer ------------------------------------
+class AbsModel(nn.Module):
+    """Elhage et al. (2022), *Computation in superposition*: features take values in [-1, 1] and
+    the model must output their absolute values through ``n_hidden`` ReLU neurons,
+
+        h = ReLU(W1 x),    y' = ReLU(W2 h + b_final)
+
+    W1: [instances, hidden, features], W2: [instances, features, hidden] (not tied). One neuron
+    cannot compute |x| (a ReLU sees only one sign): |x| = ReLU(x) + ReLU(-x) takes two."""
+
+    def __init__(self, cfg: ToyConfig, seed: int | None = 0):
+        super().__init__()
+        self.cfg = cfg
+        gen = torch.Generator().manual_seed(seed if seed is not None else 0)
+        std = (2 / (cfg.n_hidden + cfg.n_features)) ** 0.5
+        self.W1 = nn.Parameter(torch.randn(cfg.n_instances, cfg.n_hidden, cfg.n_features, generator=gen) * std)
+        self.W2 = nn.Parameter(torch.randn(cfg.n_instances, cfg.n_features, cfg.n_hidden, generator=gen) * std)
+        self.b_final = nn.Parameter(torch.zeros(cfg.n_instances, cfg.n_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(einops.einsum(x, self.W1, "batch inst feat, inst hid feat -> batch inst hid"))
+        out = einops.einsum(h, self.W2, "batch inst hid, inst feat hid -> batch inst feat")
+        return F.relu(out + self.b_final)
+
+
+def generate_signed_batch(n_batch: int, feature_probability: Tensor, n_features: int,
+                          generator: torch.Generator | None = None) -> Tensor:
+    """Like ``generate_batch``, but a present feature takes a value from U[-1, 1]."""
+    n_instances = feature_probability.shape[0]
+    shape = (n_batch, n_instances, n_features)
+    values = torch.rand(shape, generator=generator) * 2 - 1
+    present = torch.rand(shape, generator=generator) < feature_probability.reshape(n_instances, -1)
+    return values * present
+
+
+def _abs_step(model, optimizer, x, importance):
+    loss = importance_weighted_loss(model(x), x.abs(), importance)  # the target is |x|
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def abs_explained(model: nn.Module, feature_probability: Tensor, n_eval: int = 20_000, seed: int = 1) -> Tensor:
+    """[instances, features]: how much of the variance of |x_i| the model's output explains,
+    1 - E[(y'_i - |x_i|)^2] / Var(|x_i|), on a fresh batch (1: computed, about 0: not)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = generate_signed_batch(n_eval, feature_probability, model.cfg.n_features, gen)
+    target = x.abs()
+    return 1 - ((model(x) - target) ** 2).mean(0) / target.var(0).clamp_min(1e-12)
+
+
+def abs_experiment(model_cls=AbsModel, steps: int = 4_000, progress: bool = True):
+    """|x| of 6 features (importance 0.9^i) through 6 ReLU neurons, at 6 feature probabilities from 1 to 0.03."""
+    cfg = ToyConfig(n_instances=6, n_features=6, n_hidden=6)
+    p = torch.logspace(0, -1.5, cfg.n_instances)
+    torch.manual_seed(0)
+    model = model_cls(cfg)
+    train_toy_model(model, p, 0.9 ** torch.arange(cfg.n_features, dtype=torch.float32), steps=steps, progress=progress,
+                    desc="|x| in superposition", step_fn=_abs_step,
+                    batch_fn=lambda n, q, f, gen: generate_signed_batch(n, q, f, gen))
+    return model, p
+
+# ---- Shipped sweeps: too slow to train live on 2 cores, trained by recipes ------------------
+# Two of the chapter's figures need more than a notebook's time budget: the feature-dimensionality
+# sweep (100 features in 10 dimensions, 10 000 steps) and the phase diagram with several seeds per
+# cell. Their recipes are below; the weights ship in utils/checkpoints/<name>/ (weights.safetensors
+# + cfg.json, no pickle), and ``python -m utils.zoo train toy_phase`` retrains one.
+def dimensionality_sweep(steps: int = 10_000, progress: bool = True):
+    """100 equally important features in 10 dimensions (10x more features than dimensions), at 16
+    feature probabilities from 1 (dense) to 0.002, with the paper's settings."""
+    cfg = ToyConfig(n_instances=16, n_features=100, n_hidden=10)
+    p = torch.logspace(0, -2.7, cfg.n_instances)
+    model = ToyModel(cfg, seed=0)
+    importance = torch.ones(cfg.n_features)
+    train_toy_model(model, p, importance, steps=steps, progress=progress, desc="100 features in 10 dims")
+    return model, p, importance
+
+
+def phase_sweep(steps: int = 4_000, k: int = 8, seeds: int = 4, progress: bool = True):
+    """One neuron, two features: feature 1's relative importance (0.1..10) x density (1..0.01), a
+    k x k grid, each cell trained ``seeds`` times from different initialisations (instances
+    ``s * k * k + cell``). ``best_of_seeds`` keeps the run with the lowest loss per cell."""
+    density = torch.logspace(0, -2, k).repeat_interleave(k)
+    relative = torch.logspace(-1, 1, k).repeat(k)
+    model = ToyModel(ToyConfig(n_instances=k * k * seeds, n_features=2, n_hidden=1), seed=0)
+    importance = torch.stack([torch.ones(k * k), relative], dim=1)
+    train_toy_model(model, density.repeat(seeds), importance.repeat(seeds, 1), steps=steps, progress=progress,
+                    desc="one neuron, two features")
+    return model, density, relative
+
+
+@torch.no_grad()
+def best_of_seeds(model: ToyModel, feature_probability: Tensor, importance: Tensor, seeds: int,
+                  n_eval: int = 20_000, seed: int = 1) -> tuple[Tensor, Tensor]:
+    """Instances ``s * n + cell`` are ``seeds`` runs of the same ``n`` cells. Returns the weights
+    of each cell's lowest-loss run, W [n, hidden, features], and that loss [n] (on a fresh batch)."""
+    n = model.cfg.n_instances // seeds
+    gen = torch.Generator().manual_seed(seed)
+    p = feature_probability.reshape(n, -1).repeat(seeds, 1)
+    imp = importance.reshape(-1, model.cfg.n_features).expand(n, -1).repeat(seeds, 1)
+    x = generate_batch(n_eval, p, model.cfg.n_features, gen)
+    loss = (imp * (x - model(x)) ** 2).mean(dim=(0, 2)).reshape(seeds, n)
+    best = loss.argmin(0)
+    W = model.W.detach().reshape(seeds, n, model.cfg.n_hidden, model.cfg.n_features)[best, torch.arange(n)]
+    return W, loss[best, torch.arange(n)]
+
+
+def phase_boundary(relative: Tensor) -> Tensor:
+    """An approximate analytic border of the one-neuron phase diagram: the density below which
+    two features in superposition (W = (1, -1), b = 0) lose less than keeping only the more
+    important one (W = 1, the other predicted by its mean through the bias).
+
+    Per sample, a feature is present with probability p and value x ~ U[0, 1]. Dropping feature j
+    costs I_j Var(x_j) = I_j (p/3 - p^2/4). In superposition, a feature alone is reconstructed
+    exactly; when both are present (probability p^2) the smaller value is lost from one output and
+    the larger is reduced by it in the other, E[min(x0, x1)^2] = 1/6 each, so the cost is
+    p^2 (1 + I_1) / 6. Superposition wins when p^2 (1 + r) / 6 < min(1, r) (p/3 - p^2/4), i.e.
+    p < 4r / (2 + 5r) for r = I_1 < 1 and p < 4 / (5 + 2r) for r > 1 (4/7 at r = 1). Trained
+    models can do slightly better than these fixed weights, so the true border lies a little higher."""
+    return torch.where(relative < 1, 4 * relative / (2 + 5 * relative), 4 / (5 + 2 * relative))
+
+
+def save_toy(model: ToyModel, out_dir, name: str, metadata: dict) -> "Path":
+    """Write ``out_dir/name/weights.safetensors`` (W, b_final and the sweep's tensors) and ``cfg.json``."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    folder = Path(out_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({k: v.detach().cpu().clone().contiguous() for k, v in getattr(model, "sweep", {}).items()})
+    save_file(tensors, folder / "weights.safetensors")
+    cfg = {"n_instances": model.cfg.n_instances, "n_features": model.cfg.n_features, "n_hidden": model.cfg.n_hidden,
+           "hidden_relu": model.cfg.hidden_relu}
+    (folder / "cfg.json").write_text(json.dumps({"format": 1, "config": cfg, "metadata": metadata}, indent=2) + "\n")
+    return folder
+
+
+def load_toy(name: str) -> tuple[ToyModel, dict[str, Tensor], dict]:
+    """A shipped sweep by name (``toy_dimensionality``, ``toy_phase``): the model, the sweep's
+    tensors (feature probability, importance, ...) and the recipe's metadata."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from .zoo import checkpoint_dir
+
+    folder = checkpoint_dir() / name
+    info = json.loads((folder / "cfg.json").read_text())
+    tensors = load_file(folder / "weights.safetensors")
+    model = ToyModel(ToyConfig(**info["config"]))
+    model.load_state_dict({k: tensors.pop(k) for k in ("W", "b_final")})
+    return model.eval(), tensors, info["metadata"]
+
+
+def _register_recipes() -> None:
+    from .zoo import recipe
+
+    def save(model, out_dir, name, metadata):
+        return save_toy(model, out_dir, name, metadata)
+
+    @recipe("toy_dimensionality", "Chapter 3's feature-dimensionality sweep: 100 features in 10 dims, 16 sparsities.", save=save)
+    def _toy_dimensionality(steps: int | None = None, progress: bool = True):
+        steps = steps or 10_000
+        model, p, importance = dimensionality_sweep(steps=steps, progress=progress)
+        model.sweep = {"feature_probability": p, "importance": importance}
+        return model, {"recipe": "toy_dimensionality", "steps": steps, "seed": 0, "torch": torch.__version__}
+
+    @recipe("toy_phase", "Chapter 3's one-neuron phase diagram: 8 x 8 cells, 4 seeds each.", save=save)
+    def _toy_phase(steps: int | None = None, progress: bool = True):
+        steps = steps or 4_000
+        model, density, relative = phase_sweep(steps=steps, progress=progress)
+        model.sweep = {"density": density, "relative": relative, "seeds": torch.tensor(4)}
+        return model, {"recipe": "toy_phase", "steps": steps, "seeds": 4, "seed": 0, "torch": torch.__version__}
+
+
+_register_recipes()

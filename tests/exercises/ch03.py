@@ -421,6 +421,157 @@ def poly_dead_counted(W, purity=0.9, alive=0.1):
     return poly.sum(-1).float() / W.shape[1]
 
 
+# ---- 12-13. correlated and anti-correlated batches (judged on their statistics) ------------
+N_PAIR_BATCH = 20_000
+
+
+def _pair_stats(batch: Tensor) -> dict:
+    """What a correlated batch must get right, as numbers that do not depend on the order of
+    random draws: how often each two features are present together, the mean value of a present
+    feature, and the mean product of a pair's values when both are present (1/4 if independent)."""
+    if not isinstance(batch, Tensor) or batch.ndim != 3 or batch.shape[-1] % 2:
+        return {"batch": batch}
+    batch = batch.float()
+    present = (batch > 0).float()
+    co = einops.einsum(present, present, "b i f, b i g -> i f g") / batch.shape[0]
+    mean_value = batch.sum(0).sum(-1) / present.sum(0).sum(-1).clamp_min(1)
+    both = present[..., 0::2] * present[..., 1::2]
+    product = (batch[..., 0::2] * batch[..., 1::2]).sum(dim=(0, 2)) / both.sum(dim=(0, 2)).clamp_min(1)
+    return {"co_presence": co, "mean_value": mean_value, "pair_product": product}
+
+
+def run_pair_batch(impl, ctx):
+    c = ctx.case
+    p = torch.tensor(c["p"])
+    ctx.seed_globals()
+    batch = ctx.call(impl, N_PAIR_BATCH, p, c["n_pairs"])
+    if isinstance(batch, Tensor) and tuple(batch.shape) != (N_PAIR_BATCH, len(c["p"]), 2 * c["n_pairs"]):
+        return {"shape": tuple(batch.shape)}
+    return _pair_stats(batch)
+
+
+def _pair_values(n_batch, p, n_pairs):
+    return torch.rand(n_batch, p.shape[0], 2 * n_pairs)
+
+
+def corr_independent(n_batch, feature_probability, n_pairs):
+    return _pair_values(n_batch, feature_probability, n_pairs) * (torch.rand(n_batch, feature_probability.shape[0], 2 * n_pairs) < feature_probability[:, None])
+
+
+def corr_halves(n_batch, feature_probability, n_pairs):
+    present = torch.rand(n_batch, feature_probability.shape[0], n_pairs) < feature_probability[:, None]
+    return _pair_values(n_batch, feature_probability, n_pairs) * present.repeat(1, 1, 2)
+
+
+def corr_shared_values(n_batch, feature_probability, n_pairs):
+    values = torch.rand(n_batch, feature_probability.shape[0], n_pairs)
+    present = torch.rand(n_batch, feature_probability.shape[0], n_pairs) < feature_probability[:, None]
+    return (values * present).repeat_interleave(2, dim=-1)
+
+
+def corr_inverted(n_batch, feature_probability, n_pairs):
+    present = torch.rand(n_batch, feature_probability.shape[0], n_pairs) > feature_probability[:, None]
+    return _pair_values(n_batch, feature_probability, n_pairs) * present.repeat_interleave(2, dim=-1)
+
+
+def anti_independent(n_batch, feature_probability, n_pairs):
+    return corr_independent(n_batch, feature_probability, n_pairs)
+
+
+def anti_pair_probability_p(n_batch, feature_probability, n_pairs):
+    active = torch.rand(n_batch, feature_probability.shape[0], n_pairs) < feature_probability[:, None]
+    first = torch.rand(n_batch, feature_probability.shape[0], n_pairs) < 0.5
+    return _pair_values(n_batch, feature_probability, n_pairs) * torch.stack([active & first, active & ~first], -1).flatten(-2)
+
+
+def anti_no_coin(n_batch, feature_probability, n_pairs):
+    active = torch.rand(n_batch, feature_probability.shape[0], n_pairs) < 2 * feature_probability[:, None]
+    return _pair_values(n_batch, feature_probability, n_pairs) * torch.stack([active, torch.zeros_like(active)], -1).flatten(-2)
+
+
+def anti_both_present(n_batch, feature_probability, n_pairs):
+    active = torch.rand(n_batch, feature_probability.shape[0], n_pairs) < 2 * feature_probability[:, None]
+    return _pair_values(n_batch, feature_probability, n_pairs) * active.repeat_interleave(2, dim=-1)
+
+
+# ---- 14. pair_cosines, 15. band_counts ------------------------------------------------------
+def pairs_dot(W):
+    return (W[..., 0::2] * W[..., 1::2]).sum(1)
+
+
+def pairs_halves(W):
+    n = W.shape[-1] // 2
+    return F.cosine_similarity(W[..., :n], W[..., n:], dim=1)
+
+
+def pairs_abs(W):
+    return ref.pair_cosines(W).abs()
+
+
+def run_bands(impl, ctx):
+    c = ctx.case
+    fractions = torch.tensor(c["fractions"])
+    which = ctx.randint(len(c["fractions"]), c["inst"], c["feat"])
+    dims = fractions[which] + 0.03 * ctx.randn(c["inst"], c["feat"])  # near a band, some further than tol
+    norms = 1.5 * torch.rand(c["inst"], c["feat"], generator=ctx.gen)  # some features dropped (norm < threshold)
+    counts = ctx.call(impl, dims, norms, fractions, c["tol"], c["threshold"])
+    return {"counts": counts}
+
+
+def bands_dropped_counted(dims, norms, fractions, tol=0.02, threshold=0.5):
+    return ref.band_counts(dims, torch.ones_like(norms), fractions, tol, threshold)
+
+
+def bands_no_tolerance(dims, norms, fractions, tol=0.02, threshold=0.5):
+    return ref.band_counts(dims, norms, fractions, float("inf"), threshold)
+
+
+def bands_every_band(dims, norms, fractions, tol=0.02, threshold=0.5):
+    values = dims[norms > threshold]
+    return ((values[:, None] - fractions[None]).abs() < tol).sum(0)
+
+
+def bands_threshold_ignored(dims, norms, fractions, tol=0.02, threshold=0.5):
+    return ref.band_counts(dims, norms, fractions, tol, 0.5)
+
+
+
+# ---- 16. AbsModel.forward (computation in superposition) ------------------------------------
+def run_abs_forward(impl, ctx):
+    c = ctx.case
+    model = ctx.make(impl, c["cfg"])
+    x = _sparse_x(ctx, c["batch"], c["cfg"], c["p"])
+    x = x * torch.where(ctx.randn(*x.shape) > 0, 1.0, -1.0)  # values in [-1, 1]: both signs
+    return {"out": ctx.call(model, x)}
+
+
+def _abs_hidden(model, x):
+    return einops.einsum(x, model.W1, "batch inst feat, inst hid feat -> batch inst hid")
+
+
+class AbsNoHiddenRelu(ref.AbsModel):
+    def forward(self, x):
+        return F.relu(einops.einsum(_abs_hidden(self, x), self.W2, "batch inst hid, inst feat hid -> batch inst feat") + self.b_final)
+
+
+class AbsTied(ref.AbsModel):
+    def forward(self, x):
+        h = F.relu(_abs_hidden(self, x))
+        return F.relu(einops.einsum(h, self.W1, "batch inst hid, inst hid feat -> batch inst feat") + self.b_final)
+
+
+class AbsNoOutputRelu(ref.AbsModel):
+    def forward(self, x):
+        h = F.relu(_abs_hidden(self, x))
+        return einops.einsum(h, self.W2, "batch inst hid, inst feat hid -> batch inst feat") + self.b_final
+
+
+class AbsNoBias(ref.AbsModel):
+    def forward(self, x):
+        h = F.relu(_abs_hidden(self, x))
+        return F.relu(einops.einsum(h, self.W2, "batch inst hid, inst feat hid -> batch inst feat"))
+
+
 # ---------------------------------------------------------------------------------------------
 _W_CASES = [dict(seed=81, inst=3, hid=2, feat=5, describe="W of shape (3, 2, 5) [instances, hidden, features]"),
             dict(seed=82, inst=2, hid=4, feat=9, sparse_rows=True, describe="W of shape (2, 4, 9), some features zeroed")]
@@ -572,5 +723,89 @@ EXERCISES = [
             Mistake("dead neurons counted", "divide by the number of *live* neurons (positive-weight norm > alive), not by every neuron.", poly_dead_counted),
         ],
         stuck="energy = relu(W)**2; per neuron: top share = max over features / sum over features; polysemantic if share < purity among live neurons.",
+    ),
+    Exercise(
+        name="correlated_batch", title="generate_correlated_batch", reference=ref.generate_correlated_batch, run=run_pair_batch,
+        kind="function", atol=0.03, rtol=0,
+        cases=[dict(seed=111, p=[0.4, 0.2, 0.05], n_pairs=2, describe=f"{N_PAIR_BATCH} samples, feature_probability [0.4, 0.2, 0.05], 2 pairs (4 features)"),
+               dict(seed=112, p=[0.3, 0.1], n_pairs=4, describe=f"{N_PAIR_BATCH} samples, feature_probability [0.3, 0.1], 4 pairs (8 features)")],
+        hidden_cases=[dict(seed=0, p=[0.25, 0.15, 0.1, 0.05], n_pairs=3)],
+        mistakes=[
+            Mistake("independent features", "each feature has its own mask, so a pair is present together only p^2 of the time: draw one "
+                    "mask per *pair*, shape [n_batch, n_instances, n_pairs], and use it for both features of the pair.", corr_independent),
+            Mistake("pairs not adjacent", "features k and k + n_pairs share a mask: `.repeat(1, 1, 2)` copies the whole mask; the pairs are "
+                    "features (2k, 2k+1), so duplicate each entry in place with `.repeat_interleave(2, dim=-1)`.", corr_halves),
+            Mistake("values shared", "both features of a pair take the same value: they are present together, but each draws its own "
+                    "U[0, 1] value (values of shape [n_batch, n_instances, 2 * n_pairs]).", corr_shared_values),
+            Mistake("inverted probability", "pairs are present with probability 1 - p: a pair is present when rand < p.", corr_inverted),
+        ],
+        stuck="values = torch.rand(n_batch, n_inst, 2 * n_pairs); pair = torch.rand(n_batch, n_inst, n_pairs) < feature_probability[:, None]; "
+              "return values * pair.repeat_interleave(2, dim=-1).",
+    ),
+    Exercise(
+        name="anticorrelated_batch", title="generate_anticorrelated_batch", reference=ref.generate_anticorrelated_batch, run=run_pair_batch,
+        kind="function", atol=0.03, rtol=0,
+        cases=[dict(seed=113, p=[0.4, 0.2, 0.05], n_pairs=2, describe=f"{N_PAIR_BATCH} samples, feature_probability [0.4, 0.2, 0.05], 2 pairs (4 features)"),
+               dict(seed=114, p=[0.3, 0.1], n_pairs=4, describe=f"{N_PAIR_BATCH} samples, feature_probability [0.3, 0.1], 4 pairs (8 features)")],
+        hidden_cases=[dict(seed=0, p=[0.25, 0.15, 0.1, 0.05], n_pairs=3)],
+        mistakes=[
+            Mistake("independent features", "the two features of a pair are sometimes present together: draw whether the *pair* is active "
+                    "(probability 2p), then a coin that picks exactly one of its two features.", anti_independent),
+            Mistake("pair active with probability p", "each feature is present only p/2 of the time: the pair must be active with "
+                    "probability 2p, so that each of its features, picked half the time, is present with probability p.", anti_pair_probability_p),
+            Mistake("no coin flip", "the second feature of each pair is never present: pick which feature of an active pair is present "
+                    "with a fair coin (torch.rand(...) < 0.5), the first when it is True, the second when False.", anti_no_coin),
+            Mistake("both present", "when a pair is active you set both of its features: anti-correlated features are never present "
+                    "together, exactly one of the two is.", anti_both_present),
+        ],
+        stuck="active = rand(n_batch, n_inst, n_pairs) < 2 * p[:, None]; first = rand(same) < 0.5; "
+              "present = torch.stack([active & first, active & ~first], dim=-1).flatten(-2); return torch.rand(...) * present.",
+    ),
+    Exercise(
+        name="pair_cosines", title="pair_cosines", reference=ref.pair_cosines, run=run_on_W, kind="function",
+        cases=[dict(seed=115, inst=3, hid=2, feat=4, describe="W of shape (3, 2, 4) [instances, hidden, features]: 2 pairs"),
+               dict(seed=116, inst=2, hid=3, feat=8, scale=2.0, describe="W of shape (2, 3, 8), entries twice as large: 4 pairs")],
+        hidden_cases=[dict(seed=0, inst=5, hid=4, feat=6, scale=0.5)],
+        mistakes=[
+            Mistake("dot product, not cosine", "divide the dot product by both norms, ||W_2k|| ||W_2k+1||: a cosine lies in [-1, 1] "
+                    "whatever the features' lengths.", pairs_dot),
+            Mistake("pairs not adjacent", "the pairs are features (2k, 2k+1), W[..., 0::2] with W[..., 1::2]; you paired k with k + n_pairs.", pairs_halves),
+            Mistake("absolute value", "keep the sign: an antipodal pair has cosine -1, an aligned one +1; |cos| cannot tell them apart.", pairs_abs),
+        ],
+        stuck="F.cosine_similarity(W[..., 0::2], W[..., 1::2], dim=1): the hidden axis is dim 1.",
+    ),
+    Exercise(
+        name="band_counts", title="band_counts", reference=ref.band_counts, run=run_bands, kind="function",
+        cases=[dict(seed=117, inst=4, feat=30, fractions=[1.0, 0.75, 2 / 3, 0.5, 0.4, 0.375], tol=0.03, threshold=0.5,
+                    describe="dims and norms of shape (4, 30), the paper's six bands (2/5 and 3/8 closer than 2 * tol), tol 0.03, threshold 0.5"),
+               dict(seed=118, inst=3, feat=12, fractions=[1.0, 0.5, 1 / 3], tol=0.02, threshold=0.8,
+                    describe="dims and norms of shape (3, 12), bands [1, 1/2, 1/3], tol 0.02, threshold 0.8")],
+        hidden_cases=[dict(seed=0, inst=6, feat=50, fractions=[1.0, 0.75, 2 / 3, 0.5, 0.4, 0.375, 0.25], tol=0.025, threshold=0.3)],
+        mistakes=[
+            Mistake("dropped features counted", "count only represented features, norms > threshold: a dropped feature's dimensionality means nothing.", bands_dropped_counted),
+            Mistake("tolerance ignored", "a value counts for its nearest band only when it lies within tol of it; values between bands count for none.", bands_no_tolerance),
+            Mistake("counted in every band", "some values were counted twice (2/5 and 3/8 lie 0.025 apart, less than 2 * tol): count each "
+                    "value once, for its *nearest* band (argmin of the distance), if that band is within tol.", bands_every_band),
+            Mistake("threshold ignored", "you kept features with norm > 0.5 whatever the `threshold` argument: use `threshold`.", bands_threshold_ignored),
+        ],
+        stuck="v = dims[norms > threshold]; d = (v[:, None] - fractions[None]).abs(); nearest = d.min(-1); "
+              "torch.bincount(nearest.indices[nearest.values < tol], minlength=len(fractions)).",
+    ),
+    Exercise(
+        name="abs_model", title="AbsModel", reference=ref.AbsModel, run=run_abs_forward,
+        cases=[dict(seed=119, cfg=ToyConfig(n_instances=3, n_features=5, n_hidden=4), batch=6, p=0.5,
+                    describe="x of shape (6, 3, 5) with values in [-1, 1], 4 hidden neurons, random W1, W2, b_final"),
+               dict(seed=120, cfg=ToyConfig(n_instances=2, n_features=4, n_hidden=7), batch=5, p=0.9,
+                    describe="x of shape (5, 2, 4) with values in [-1, 1], 7 hidden neurons, random W1, W2, b_final")],
+        hidden_cases=[dict(seed=0, cfg=ToyConfig(n_instances=4, n_features=9, n_hidden=6), batch=8, p=0.3)],
+        mistakes=[
+            Mistake("no hidden ReLU", "apply a ReLU to the hidden layer, h = ReLU(W1 x): without it the model is linear up to the "
+                    "output ReLU and cannot compute |x| = ReLU(x) + ReLU(-x).", AbsNoHiddenRelu),
+            Mistake("tied weights", "this model has its own output weights: contract h with W2 ([instances, features, hidden]), not with W1.", AbsTied),
+            Mistake("no output ReLU", "keep the output ReLU: y' = ReLU(W2 h + b_final).", AbsNoOutputRelu),
+            Mistake("no bias", "add b_final before the output ReLU: ReLU(W2 h + b_final).", AbsNoBias),
+        ],
+        stuck="h = ReLU(einsum(x, W1, 'batch inst feat, inst hid feat -> batch inst hid')); "
+              "out = ReLU(einsum(h, W2, 'batch inst hid, inst feat hid -> batch inst feat') + b_final).",
     ),
 ]
