@@ -251,3 +251,37 @@ def test_saved_training_history_shows_what_the_training_cell_promises():
     jump = next(i for i, v in enumerate(two["induction"]) if v > 0.3)
     assert two["prev_token"][jump] > 2 * two["prev_token"][0]
     assert one["repeat_loss"][-1] > 3.0 and one["induction"][-1] < 0.2
+
+
+def test_qk_score_decomposition_matches_chapter_2s_prose(model):
+    """Prose of §9.3: on the chapter's tokens, the induction key's score of L1H2 splits into parts
+    summing to 19.1 (real score 20.2, the rest from b_Q and b_K); query embed x key L0H0 and
+    L0H1 give 3.05 + 3.66 = 6.7 (35 %), the two largest terms, for every layer-1 head; query
+    embed x key embed 0.02; biases x biases 1.65. The parts plus the bias terms are exact."""
+    tokens = _chapter_tokens(model)
+    L, rows = 20, torch.arange(8)
+    queries = torch.arange(L + 1, 2 * L + 1)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        attn = model.blocks[1].attn
+        terms = torch.zeros(4, 7, 7)
+        for q_pos in queries.tolist():
+            at = torch.full((8,), q_pos)
+            q_parts, names = ind.residual_parts_at(cache, model, at)
+            k_parts, _ = ind.residual_parts_at(cache, model, at - L + 1)
+            for h in range(4):
+                terms[h] += ind.qk_score_decomposition(q_parts, k_parts, attn.W_Q[h], attn.W_K[h]) / len(queries)
+                q = q_parts.sum(1) @ attn.W_Q[h] + attn.b_Q[h]
+                k = k_parts.sum(1) @ attn.W_K[h] + attn.b_K[h]
+                real = cache["attn_scores", 1][rows, h, at, at - L + 1]
+                torch.testing.assert_close((q * k).sum(-1) / 4.0, real, atol=1e-3, rtol=1e-4)
+        real = cache["attn_scores", 1][:, 2][:, queries, queries - L + 1].mean()
+    assert names == ["embed", "pos", "L0H0", "L0H1", "L0H2", "L0H3", "biases"]
+    t = terms[2]
+    assert round(t.sum().item(), 1) == 19.1 and round(real.item(), 1) == 20.2, (t.sum(), real)
+    assert round(t[0, 2].item(), 2) == 3.05 and round(t[0, 3].item(), 2) == 3.66, t
+    assert round(((t[0, 2] + t[0, 3]) / t.sum()).item(), 2) == 0.35
+    assert abs(t[0, 0]) < 0.05 and round(t[-1, -1].item(), 2) == 1.65, t
+    for h in range(4):
+        top2 = {divmod(i, 7) for i in terms[h].flatten().topk(2).indices.tolist()}
+        assert top2 == {(0, 2), (0, 3)}, (h, terms[h])

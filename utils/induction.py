@@ -340,5 +340,35 @@ def effective_rank(M: Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
+def qk_score_decomposition(q_parts: Tensor, k_parts: Tensor, W_Q: Tensor, W_K: Tensor) -> Tensor:
+    """Split one head's attention score into a term per (query component, key component) pair.
+
+    q_parts [batch, n_q, d_model]: the parts whose sum is the (normalised) residual stream at
+    each row's query position; k_parts [batch, n_k, d_model] likewise at its key position.
+    Returns [n_q, n_k]: the mean over the batch of (q_parts[:, i] W_Q) . (k_parts[:, j] W_K) /
+    sqrt(d_head). Summed, the entries give the score without the b_Q and b_K terms."""
+    q = q_parts @ W_Q  # [batch, n_q, d_head]
+    k = k_parts @ W_K  # [batch, n_k, d_head]
+    return torch.einsum("bid,bjd->ij", q, k) / (q.shape[0] * W_Q.shape[-1] ** 0.5)
+
+
+def residual_parts_at(cache, model: Transformer, positions: Tensor) -> tuple[Tensor, list[str]]:
+    """The input of layer 1's attention at ``positions`` (one per row), split into parts that
+    sum to it exactly: token embedding, position embedding, each layer-0 head's output, and the
+    biases (layer 0's b_O and LayerNorm's b), each through ln1 of layer 1 as it acted on this
+    input (centred, divided by the cached scale, times the gain). -> ([batch, parts, d_model], names)."""
+    rows = torch.arange(positions.shape[0])
+    z = cache["z", 0][rows, positions]  # [batch, head, d_head]
+    heads = torch.einsum("bhd,hdm->bhm", z, model.blocks[0].attn.W_O)
+    parts = torch.cat([cache["hook_embed"][rows, positions][:, None], cache["hook_pos_embed"][rows, positions][:, None], heads,
+                       model.blocks[0].attn.b_O.expand(len(rows), 1, -1)], dim=1)
+    ln = model.blocks[1].ln1
+    scale = cache["blocks.1.ln1.hook_scale"][rows, positions]  # [batch, 1]
+    parts = (parts - parts.mean(-1, keepdim=True)) / scale[:, None] * ln.w
+    parts[:, -1] = parts[:, -1] + ln.b
+    names = ["embed", "pos"] + [f"L0H{h}" for h in range(model.cfg.n_heads)] + ["biases"]
+    return parts, names
+
+
 if __name__ == "__main__":
     print(f"wrote {save_training_history()}")

@@ -596,6 +596,35 @@ def erank_not_normalised(M):
     return float(torch.exp(-(s * s.log()).sum()))
 
 
+def run_qk_decomposition(impl, ctx):
+    c = ctx.case
+    q_parts = ctx.randn(c["batch"], c["n_q"], c["d_model"])
+    k_parts = ctx.randn(c["batch"], c["n_k"], c["d_model"])
+    W_Q, W_K = ctx.randn(c["d_model"], c["d_head"]), ctx.randn(c["d_model"], c["d_head"])
+    return {"terms": ctx.call(impl, q_parts, k_parts, W_Q, W_K)}
+
+
+def qkd_unscaled(q_parts, k_parts, W_Q, W_K):
+    return ref.qk_score_decomposition(q_parts, k_parts, W_Q, W_K) * W_Q.shape[-1] ** 0.5
+
+
+def qkd_weights_swapped(q_parts, k_parts, W_Q, W_K):
+    return ref.qk_score_decomposition(q_parts, k_parts, W_K, W_Q)
+
+
+def qkd_summed_over_batch(q_parts, k_parts, W_Q, W_K):
+    return ref.qk_score_decomposition(q_parts, k_parts, W_Q, W_K) * q_parts.shape[0]
+
+
+def qkd_transposed(q_parts, k_parts, W_Q, W_K):
+    return ref.qk_score_decomposition(q_parts, k_parts, W_Q, W_K).T
+
+
+def qkd_rows_crossed(q_parts, k_parts, W_Q, W_K):
+    q, k = q_parts @ W_Q, k_parts @ W_K
+    return torch.einsum("aid,bjd->ij", q, k) / (q.shape[0] ** 2 * W_Q.shape[-1] ** 0.5)
+
+
 # ---------------------------------------------------------------------------------------------
 _TOKENS = [dict(seed=31, batch=2, pos=12, describe="random tokens of shape (2, 12)"),
            dict(seed=32, batch=3, pos=20, describe="random tokens of shape (3, 20)")]
@@ -867,5 +896,24 @@ EXERCISES = [
                     "exp(-(p * p.log()).sum()).", erank_not_normalised),
         ],
         stuck="s = torch.linalg.svdvals(M); p = s / s.sum(); p = p[p > 0]; return torch.exp(-(p * p.log()).sum()).item().",
+    ),
+    Exercise(
+        name="qk_decomposition", title="qk_score_decomposition", reference=ref.qk_score_decomposition, run=run_qk_decomposition,
+        kind="function",
+        cases=[dict(seed=89, batch=3, n_q=4, n_k=5, d_model=8, d_head=4,
+                    describe="q_parts (3, 4, 8), k_parts (3, 5, 8), W_Q and W_K (8, 4)"),
+               dict(seed=90, batch=5, n_q=3, n_k=2, d_model=12, d_head=6,
+                    describe="q_parts (5, 3, 12), k_parts (5, 2, 12), W_Q and W_K (12, 6)")],
+        hidden_cases=[dict(seed=0, batch=2, n_q=7, n_k=7, d_model=16, d_head=8)],
+        mistakes=[
+            Mistake("not scaled", "the attention score is q . k / sqrt(d_head): divide every term by W_Q.shape[-1] ** 0.5.", qkd_unscaled),
+            Mistake("W_Q and W_K swapped", "query parts go through W_Q, key parts through W_K: (q_parts @ W_Q) and (k_parts @ W_K).", qkd_weights_swapped),
+            Mistake("summed over the batch", "return the mean over the batch (one typical score per pair of parts), not the sum.", qkd_summed_over_batch),
+            Mistake("query and key axes transposed", "rows are query parts, columns key parts: [n_q, n_k], entry [i, j] = "
+                    "query part i against key part j.", qkd_transposed),
+            Mistake("rows paired across the batch", "each row's query meets its own row's key: einsum('bid,bjd->ij', q, k) "
+                    "(one batch letter on both sides), not every query row against every key row.", qkd_rows_crossed),
+        ],
+        stuck="q = q_parts @ W_Q; k = k_parts @ W_K; torch.einsum('bid,bjd->ij', q, k) / (batch * sqrt(d_head)).",
     ),
 ]
