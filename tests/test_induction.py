@@ -285,3 +285,16 @@ def test_qk_score_decomposition_matches_chapter_2s_prose(model):
     for h in range(4):
         top2 = {divmod(i, 7) for i in terms[h].flatten().topk(2).indices.tolist()}
         assert top2 == {(0, 2), (0, 3)}, (h, terms[h])
+    # The match term is specific to the induction key; biases x biases is about the same at every key.
+    match, bias = {True: [], False: []}, {True: [], False: []}
+    with torch.no_grad():
+        for q_pos in queries.tolist():
+            q_parts, _ = ind.residual_parts_at(cache, model, torch.full((8,), q_pos))
+            for k_pos in range(1, q_pos + 1):
+                k_parts, _ = ind.residual_parts_at(cache, model, torch.full((8,), k_pos))
+                T = ind.qk_score_decomposition(q_parts, k_parts, attn.W_Q[2], attn.W_K[2])
+                match[k_pos == q_pos - L + 1].append((T[0, 2] + T[0, 3]).item())
+                bias[k_pos == q_pos - L + 1].append(T[-1, -1].item())
+    others = torch.tensor(bias[False])
+    assert round(others.mean().item(), 2) == 1.64 and round(others.std(unbiased=False).item(), 2) == 0.14, others
+    assert round(sum(match[True]) / len(match[True]), 1) == 6.7 and round(sum(match[False]) / len(match[False]), 2) == 0.27
