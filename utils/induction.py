@@ -17,6 +17,9 @@ Scores (Olsson et al. 2022; Elhage et al. 2021), on ``repeated_tokens`` = [bos, 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
@@ -185,6 +188,28 @@ def train_induction_model(n_layers: int = 2, steps: int = 3000, seed: int = 0, e
     return model, history
 
 
+HISTORY_FILE = Path(__file__).resolve().parent / "checkpoints" / "induction_2l_history.json"
+
+
+def save_training_history(steps: int = 1500, path: str | Path = HISTORY_FILE, progress: bool = True) -> Path:
+    """Run chapter 2's training cell (the 2-layer model and the 1-layer control, ``steps`` each,
+    seed 0) and save both histories, so that a learner can skip the training and load the curves:
+    ``python -m utils.induction``."""
+    _, two = train_induction_model(n_layers=2, steps=steps, seed=0, progress=progress, desc="2-layer model")
+    _, one = train_induction_model(n_layers=1, steps=steps, seed=0, progress=progress, desc="1-layer control")
+    data = {"made_by": "python -m utils.induction (utils.induction.save_training_history)", "steps": steps,
+            "seed": 0, "torch": torch.__version__, "two_layers": two, "one_layer_control": one}
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+    return Path(path)
+
+
+def load_training_history(path: str | Path = HISTORY_FILE) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """The saved histories of chapter 2's training cell: (2-layer model, 1-layer control), each
+    as ``train_induction_model`` returns it."""
+    data = json.loads(Path(path).read_text())
+    return data["two_layers"], data["one_layer_control"]
+
+
 # ---- Chapter 2 reference tools: hooks, attribution, circuits --------------------------------
 def caching_hook(store: dict):
     """A hook that saves each activation it sees under its hook point's name."""
@@ -266,3 +291,84 @@ def k_composed_qk_circuit(model: Transformer, prev_head: int, induction_head: in
     query_side = model.embed.W_E @ late.W_Q[induction_head]
     key_side = model.embed.W_E @ ov_matrix(model, 0, prev_head) @ late.W_K[induction_head]
     return query_side, key_side.T
+
+
+# ---- Chapter 2 analysis tools: positional QK, composition kinds, eigenvalues, SVD -----------
+def positional_qk_scores(W_pos: Tensor, W_Q: Tensor, W_K: Tensor) -> Tensor:
+    """The positional part of one head's attention scores: [n_ctx, n_ctx].
+
+    Entry [q, k] is the score a query at position q gives a key at position k when each carries
+    only its positional embedding: W_pos[q] W_Q (W_pos[k] W_K)^T / sqrt(d_head), with keys after
+    the query set to -inf (causal mask). W_pos [n_ctx, d_model]; W_Q, W_K [d_model, d_head]."""
+    scores = (W_pos @ W_Q) @ (W_pos @ W_K).T / W_Q.shape[-1] ** 0.5
+    future = torch.ones_like(scores, dtype=torch.bool).triu(1)
+    return scores.masked_fill(future, float("-inf"))
+
+
+def qkv_composition_scores(W_OV_early: Tensor, W_QK_late: Tensor, W_OV_late: Tensor) -> Tensor:
+    """Q-, K- and V-composition of every (early head, late head) pair: [3, n_early, n_late].
+
+    W_OV_early [n_early, d_model, d_model]; W_QK_late, W_OV_late [n_late, d_model, d_model]
+    (row-vector convention: a head writes x @ W_OV, scores x_q @ W_QK @ x_k^T). The early head's
+    output x W_OV^A can enter the late head's queries (x W_OV^A W_QK^B: Q-composition), its keys
+    (W_QK^B (x W_OV^A)^T = x W_OV^A W_QK^B^T read as a key: K-composition) or its values
+    (x W_OV^A W_OV^B: V-composition). Each is scored with composition_score (Elhage et al. 2021)."""
+    out = torch.zeros(3, W_OV_early.shape[0], W_QK_late.shape[0], dtype=W_OV_early.dtype)
+    for a, W_A in enumerate(W_OV_early):
+        for b in range(W_QK_late.shape[0]):
+            out[0, a, b] = composition_score(W_A, W_QK_late[b])
+            out[1, a, b] = composition_score(W_A, W_QK_late[b].T)
+            out[2, a, b] = composition_score(W_A, W_OV_late[b])
+    return out
+
+
+def positive_eigenvalue_fraction(M: Tensor) -> float:
+    """Share of the eigenvalue magnitude of a square matrix carried by eigenvalues with a positive
+    real part: sum(|λ| for Re λ > 0) / sum(|λ|). Near 1 for a copying OV circuit (Elhage et al.
+    2021: positive eigenvalues mean a token increases its own logit and those of similar tokens)."""
+    eig = torch.linalg.eigvals(M.double())
+    mag = eig.abs()
+    return float(mag[eig.real > 0].sum() / mag.sum())
+
+
+def effective_rank(M: Tensor) -> float:
+    """Entropy effective rank (Roy & Vetterli 2007): exp(H(p)) with p_i = σ_i / Σ σ_j over the
+    singular values σ of M. Equals r for a matrix with r equal non-zero singular values."""
+    s = torch.linalg.svdvals(M.double())
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def qk_score_decomposition(q_parts: Tensor, k_parts: Tensor, W_Q: Tensor, W_K: Tensor) -> Tensor:
+    """Split one head's attention score into a term per (query component, key component) pair.
+
+    q_parts [batch, n_q, d_model]: the parts whose sum is the (normalised) residual stream at
+    each row's query position; k_parts [batch, n_k, d_model] likewise at its key position.
+    Returns [n_q, n_k]: the mean over the batch of (q_parts[:, i] W_Q) . (k_parts[:, j] W_K) /
+    sqrt(d_head). Summed, the entries give the score without the b_Q and b_K terms."""
+    q = q_parts @ W_Q  # [batch, n_q, d_head]
+    k = k_parts @ W_K  # [batch, n_k, d_head]
+    return torch.einsum("bid,bjd->ij", q, k) / (q.shape[0] * W_Q.shape[-1] ** 0.5)
+
+
+def residual_parts_at(cache, model: Transformer, positions: Tensor) -> tuple[Tensor, list[str]]:
+    """The input of layer 1's attention at ``positions`` (one per row), split into parts that
+    sum to it exactly: token embedding, position embedding, each layer-0 head's output, and the
+    biases (layer 0's b_O and LayerNorm's b), each through ln1 of layer 1 as it acted on this
+    input (centred, divided by the cached scale, times the gain). -> ([batch, parts, d_model], names)."""
+    rows = torch.arange(positions.shape[0])
+    z = cache["z", 0][rows, positions]  # [batch, head, d_head]
+    heads = torch.einsum("bhd,hdm->bhm", z, model.blocks[0].attn.W_O)
+    parts = torch.cat([cache["hook_embed"][rows, positions][:, None], cache["hook_pos_embed"][rows, positions][:, None], heads,
+                       model.blocks[0].attn.b_O.expand(len(rows), 1, -1)], dim=1)
+    ln = model.blocks[1].ln1
+    scale = cache["blocks.1.ln1.hook_scale"][rows, positions]  # [batch, 1]
+    parts = (parts - parts.mean(-1, keepdim=True)) / scale[:, None] * ln.w
+    parts[:, -1] = parts[:, -1] + ln.b
+    names = ["embed", "pos"] + [f"L0H{h}" for h in range(model.cfg.n_heads)] + ["biases"]
+    return parts, names
+
+
+if __name__ == "__main__":
+    print(f"wrote {save_training_history()}")

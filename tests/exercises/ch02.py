@@ -449,6 +449,182 @@ def kqk_sides_swapped(model_, prev_head, induction_head):
     return key_side_t.T, query_side.T
 
 
+# ---- 14-17. analysis: positional QK, composition kinds, eigenvalues, SVD ---------------------
+def run_positional_qk(impl, ctx):
+    c = ctx.case
+    W_pos = ctx.randn(c["n_ctx"], c["d_model"])
+    W_Q, W_K = ctx.randn(c["d_model"], c["d_head"]), ctx.randn(c["d_model"], c["d_head"])
+    scores = ctx.call(impl, W_pos, W_Q, W_K)
+    if not isinstance(scores, Tensor) or scores.shape != (c["n_ctx"], c["n_ctx"]):
+        raise LearnerError(f"return a [n_ctx, n_ctx] tensor of scores, got {getattr(scores, 'shape', type(scores).__name__)}")
+    # -inf and a finite score compare as close under allclose's relative tolerance, so compare the
+    # scores a query may use and the attention they give (any large negative mask works like -inf).
+    return {"scores on and below the diagonal": scores.tril(), "attention (softmax over keys)": scores.softmax(-1)}
+
+
+def _causal(scores, fill=float("-inf")):
+    return scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), fill)
+
+
+def pqk_unscaled(W_pos, W_Q, W_K):
+    return _causal((W_pos @ W_Q) @ (W_pos @ W_K).T)
+
+
+def pqk_unmasked(W_pos, W_Q, W_K):
+    return (W_pos @ W_Q) @ (W_pos @ W_K).T / W_Q.shape[-1] ** 0.5
+
+
+def pqk_sides_swapped(W_pos, W_Q, W_K):
+    return _causal((W_pos @ W_K) @ (W_pos @ W_Q).T / W_Q.shape[-1] ** 0.5)
+
+
+def pqk_scaled_by_d_model(W_pos, W_Q, W_K):
+    return _causal((W_pos @ W_Q) @ (W_pos @ W_K).T / W_pos.shape[-1] ** 0.5)
+
+
+def pqk_masked_with_zero(W_pos, W_Q, W_K):
+    return _causal((W_pos @ W_Q) @ (W_pos @ W_K).T / W_Q.shape[-1] ** 0.5, fill=0.0)
+
+
+def _low_rank_stack(ctx, n, m, r):
+    return ctx.randn(n, m, r) @ ctx.randn(n, r, m)
+
+
+def run_qkv_composition(impl, ctx):
+    c = ctx.case
+    W_OV_early = _low_rank_stack(ctx, c["n_early"], c["d_model"], c["d_head"])
+    W_QK_late = _low_rank_stack(ctx, c["n_late"], c["d_model"], c["d_head"])
+    W_OV_late = _low_rank_stack(ctx, c["n_late"], c["d_model"], c["d_head"])
+    return {"scores": ctx.call(impl, W_OV_early, W_QK_late, W_OV_late)}
+
+
+def qkv_q_and_k_swapped(W_OV_early, W_QK_late, W_OV_late):
+    return ref.qkv_composition_scores(W_OV_early, W_QK_late, W_OV_late)[[1, 0, 2]]
+
+
+def qkv_k_not_transposed(W_OV_early, W_QK_late, W_OV_late):
+    out = ref.qkv_composition_scores(W_OV_early, W_QK_late, W_OV_late)
+    out[1] = out[0]
+    return out
+
+
+def qkv_v_reversed(W_OV_early, W_QK_late, W_OV_late):
+    out = ref.qkv_composition_scores(W_OV_early, W_QK_late, W_OV_late)
+    for a, W_A in enumerate(W_OV_early):
+        for b, W_B in enumerate(W_OV_late):
+            out[2, a, b] = ref.composition_score(W_B, W_A)
+    return out
+
+
+def qkv_heads_transposed(W_OV_early, W_QK_late, W_OV_late):
+    return ref.qkv_composition_scores(W_OV_early, W_QK_late, W_OV_late).transpose(1, 2)
+
+
+def qkv_unnormalised(W_OV_early, W_QK_late, W_OV_late):
+    out = torch.zeros(3, W_OV_early.shape[0], W_QK_late.shape[0])
+    for a, W_A in enumerate(W_OV_early):
+        for b in range(W_QK_late.shape[0]):
+            out[0, a, b] = (W_A @ W_QK_late[b]).norm()
+            out[1, a, b] = (W_A @ W_QK_late[b].T).norm()
+            out[2, a, b] = (W_A @ W_OV_late[b]).norm()
+    return out
+
+
+def _scalar(value):
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    return float(value) if isinstance(value, (int, float)) else value
+
+
+def run_eigen_fraction(impl, ctx):
+    c = ctx.case
+    M = ctx.randn(c["n"], c["n"]) + c["shift"] * torch.eye(c["n"])
+    return {"fraction": _scalar(ctx.call(impl, M))}
+
+
+def eig_symmetric_solver(M):
+    eig = torch.linalg.eigvalsh(M)
+    return float(eig.abs()[eig > 0].sum() / eig.abs().sum())
+
+
+def eig_counted(M):
+    return float((torch.linalg.eigvals(M).real > 0).float().mean())
+
+
+def eig_real_parts(M):
+    eig = torch.linalg.eigvals(M)
+    return float(eig.real.clamp(min=0).sum() / eig.abs().sum())
+
+
+def eig_singular_values(M):
+    s = torch.linalg.svdvals(M)
+    return float(s[s > 0].sum() / s.sum())
+
+
+def eig_copying_score(M):
+    eig = torch.linalg.eigvals(M)
+    return float(eig.sum().real / eig.abs().sum())
+
+
+def run_effective_rank(impl, ctx):
+    c = ctx.case
+    M = ctx.randn(c["rows"], c["rank"]) @ ctx.randn(c["rank"], c["cols"])
+    return {"effective rank": _scalar(ctx.call(impl, M))}
+
+
+def erank_squared(M):
+    s2 = torch.linalg.svdvals(M) ** 2
+    p = s2 / s2.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def erank_entropy_only(M):
+    s = torch.linalg.svdvals(M)
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(-(p * p.log()).sum())
+
+
+def erank_matrix_rank(M):
+    return float(torch.linalg.matrix_rank(M))
+
+
+def erank_not_normalised(M):
+    s = torch.linalg.svdvals(M)
+    s = s[s > 0]
+    return float(torch.exp(-(s * s.log()).sum()))
+
+
+def run_qk_decomposition(impl, ctx):
+    c = ctx.case
+    q_parts = ctx.randn(c["batch"], c["n_q"], c["d_model"])
+    k_parts = ctx.randn(c["batch"], c["n_k"], c["d_model"])
+    W_Q, W_K = ctx.randn(c["d_model"], c["d_head"]), ctx.randn(c["d_model"], c["d_head"])
+    return {"terms": ctx.call(impl, q_parts, k_parts, W_Q, W_K)}
+
+
+def qkd_unscaled(q_parts, k_parts, W_Q, W_K):
+    return ref.qk_score_decomposition(q_parts, k_parts, W_Q, W_K) * W_Q.shape[-1] ** 0.5
+
+
+def qkd_weights_swapped(q_parts, k_parts, W_Q, W_K):
+    return ref.qk_score_decomposition(q_parts, k_parts, W_K, W_Q)
+
+
+def qkd_summed_over_batch(q_parts, k_parts, W_Q, W_K):
+    return ref.qk_score_decomposition(q_parts, k_parts, W_Q, W_K) * q_parts.shape[0]
+
+
+def qkd_transposed(q_parts, k_parts, W_Q, W_K):
+    return ref.qk_score_decomposition(q_parts, k_parts, W_Q, W_K).T
+
+
+def qkd_rows_crossed(q_parts, k_parts, W_Q, W_K):
+    q, k = q_parts @ W_Q, k_parts @ W_K
+    return torch.einsum("aid,bjd->ij", q, k) / (q.shape[0] ** 2 * W_Q.shape[-1] ** 0.5)
+
+
 # ---------------------------------------------------------------------------------------------
 _TOKENS = [dict(seed=31, batch=2, pos=12, describe="random tokens of shape (2, 12)"),
            dict(seed=32, batch=3, pos=20, describe="random tokens of shape (3, 20)")]
@@ -644,5 +820,100 @@ EXERCISES = [
                     "side first, (W_E @ W_Q[h], (W_E @ W_OV @ W_K[h]).T).", kqk_sides_swapped),
         ],
         stuck="query side W_E @ W_Q[h]; key side W_E @ W_OV(prev head) @ W_K[h]; return (query_side, key_side.T).",
+    ),
+    Exercise(
+        name="positional_qk", title="positional_qk_scores", reference=ref.positional_qk_scores, run=run_positional_qk, kind="function",
+        cases=[dict(seed=81, n_ctx=10, d_model=8, d_head=4, describe="W_pos (10, 8), W_Q and W_K (8, 4)"),
+               dict(seed=82, n_ctx=14, d_model=12, d_head=6, describe="W_pos (14, 12), W_Q and W_K (12, 6)")],
+        hidden_cases=[dict(seed=0, n_ctx=23, d_model=10, d_head=3)],
+        mistakes=[
+            Mistake("not scaled", "attention scores are divided by sqrt(d_head) before the softmax: divide by W_Q.shape[-1] ** 0.5.", pqk_unscaled),
+            Mistake("no causal mask", "a query cannot see later keys: set the entries above the diagonal to -inf "
+                    "(scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float('-inf'))).", pqk_unmasked),
+            Mistake("query and key sides swapped", "rows are queries: (W_pos @ W_Q) @ (W_pos @ W_K).T, not "
+                    "(W_pos @ W_K) @ (W_pos @ W_Q).T (that is the transpose, then masked).", pqk_sides_swapped),
+            Mistake("scaled by sqrt(d_model)", "the scale is sqrt(d_head), the size of a query vector, W_Q.shape[-1]; "
+                    "not sqrt(d_model).", pqk_scaled_by_d_model),
+            Mistake("future masked with 0", "a score of 0 is not excluded: after the softmax it still gets weight. "
+                    "Mask the future with float('-inf').", pqk_masked_with_zero),
+        ],
+        stuck="(W_pos @ W_Q) @ (W_pos @ W_K).T / sqrt(d_head), then masked_fill the strict upper triangle with -inf.",
+    ),
+    Exercise(
+        name="qkv_composition", title="qkv_composition_scores", reference=ref.qkv_composition_scores, run=run_qkv_composition, kind="function",
+        uses="composition_score",
+        cases=[dict(seed=83, n_early=2, n_late=3, d_model=8, d_head=2,
+                    describe="2 early and 3 late heads, rank-2 8 x 8 matrices"),
+               dict(seed=84, n_early=3, n_late=2, d_model=10, d_head=3,
+                    describe="3 early and 2 late heads, rank-3 10 x 10 matrices")],
+        hidden_cases=[dict(seed=0, n_early=4, n_late=4, d_model=12, d_head=4)],
+        mistakes=[
+            Mistake("Q and K swapped", "the early output enters the late head's queries as x W_OV^A W_QK^B (Q: W_QK as it is) "
+                    "and its keys through W_QK^T (K): out[0] uses W_QK_late[b], out[1] W_QK_late[b].T.", qkv_q_and_k_swapped),
+            Mistake("K-composition not transposed", "keys sit on the right of x_q W_QK x_k^T, so an output read as a key meets "
+                    "W_QK transposed: K-composition is composition_score(W_OV_early[a], W_QK_late[b].T).", qkv_k_not_transposed),
+            Mistake("V-composition reversed", "the early head writes first, then the late head reads it through its values: "
+                    "composition_score(W_OV_early[a], W_OV_late[b]), early matrix on the left.", qkv_v_reversed),
+            Mistake("heads transposed", "index the result [kind, early head, late head]: out[:, a, b] with a over "
+                    "W_OV_early and b over the late heads.", qkv_heads_transposed),
+            Mistake("not normalised", "use composition_score (divide by both Frobenius norms), not the norm of the product alone.", qkv_unnormalised),
+        ],
+        stuck="out[0, a, b] = composition_score(W_OV_early[a], W_QK_late[b]); out[1] with W_QK_late[b].T; out[2] with W_OV_late[b].",
+    ),
+    Exercise(
+        name="positive_eigenvalues", title="positive_eigenvalue_fraction", reference=ref.positive_eigenvalue_fraction,
+        run=run_eigen_fraction, kind="function",
+        cases=[dict(seed=85, n=8, shift=1.0, describe="a random 8 x 8 matrix plus 1.0 x identity"),
+               dict(seed=86, n=15, shift=0.5, describe="a random 15 x 15 matrix plus 0.5 x identity")],
+        hidden_cases=[dict(seed=0, n=30, shift=2.0)],
+        mistakes=[
+            Mistake("symmetric eigensolver", "torch.linalg.eigvalsh assumes a symmetric matrix and reads only one triangle; an "
+                    "OV circuit is not symmetric: use torch.linalg.eigvals (complex eigenvalues).", eig_symmetric_solver),
+            Mistake("counted eigenvalues", "weigh each eigenvalue by its magnitude: sum(|λ| where Re λ > 0) / sum(|λ|), not "
+                    "the share of eigenvalues with a positive real part.", eig_counted),
+            Mistake("real parts in the numerator", "the numerator sums magnitudes |λ| (eig.abs()) of the eigenvalues with "
+                    "Re λ > 0, not their real parts.", eig_real_parts),
+            Mistake("singular values", "singular values are never negative, so the fraction is always 1: use eigenvalues "
+                    "(torch.linalg.eigvals), whose sign says whether the map copies or suppresses.", eig_singular_values),
+            Mistake("copying score Σλ / Σ|λ|", "that is Elhage et al.'s summary statistic, in [-1, 1]; this exercise asks for "
+                    "the share of magnitude with a positive real part, in [0, 1].", eig_copying_score),
+        ],
+        stuck="eig = torch.linalg.eigvals(M); return (eig.abs()[eig.real > 0].sum() / eig.abs().sum()).item().",
+    ),
+    Exercise(
+        name="effective_rank", title="effective_rank", reference=ref.effective_rank, run=run_effective_rank, kind="function",
+        cases=[dict(seed=87, rows=10, cols=8, rank=3, describe="a random rank-3 10 x 8 matrix"),
+               dict(seed=88, rows=12, cols=16, rank=6, describe="a random rank-6 12 x 16 matrix")],
+        hidden_cases=[dict(seed=0, rows=20, cols=20, rank=11)],
+        mistakes=[
+            Mistake("squared singular values", "normalise the singular values themselves, p = σ / σ.sum() (Roy & Vetterli's "
+                    "definition), not σ².", erank_squared),
+            Mistake("entropy, not its exponential", "the effective rank is exp(H), H = -(p * p.log()).sum(): a matrix with r "
+                    "equal singular values then scores r.", erank_entropy_only),
+            Mistake("matrix rank", "torch.linalg.matrix_rank counts the non-zero singular values; the effective rank weighs "
+                    "them: exp of the entropy of σ / σ.sum().", erank_matrix_rank),
+            Mistake("not normalised", "turn the singular values into a distribution first, p = σ / σ.sum(), then take "
+                    "exp(-(p * p.log()).sum()).", erank_not_normalised),
+        ],
+        stuck="s = torch.linalg.svdvals(M); p = s / s.sum(); p = p[p > 0]; return torch.exp(-(p * p.log()).sum()).item().",
+    ),
+    Exercise(
+        name="qk_decomposition", title="qk_score_decomposition", reference=ref.qk_score_decomposition, run=run_qk_decomposition,
+        kind="function",
+        cases=[dict(seed=89, batch=3, n_q=4, n_k=5, d_model=8, d_head=4,
+                    describe="q_parts (3, 4, 8), k_parts (3, 5, 8), W_Q and W_K (8, 4)"),
+               dict(seed=90, batch=5, n_q=3, n_k=2, d_model=12, d_head=6,
+                    describe="q_parts (5, 3, 12), k_parts (5, 2, 12), W_Q and W_K (12, 6)")],
+        hidden_cases=[dict(seed=0, batch=2, n_q=7, n_k=7, d_model=16, d_head=8)],
+        mistakes=[
+            Mistake("not scaled", "the attention score is q . k / sqrt(d_head): divide every term by W_Q.shape[-1] ** 0.5.", qkd_unscaled),
+            Mistake("W_Q and W_K swapped", "query parts go through W_Q, key parts through W_K: (q_parts @ W_Q) and (k_parts @ W_K).", qkd_weights_swapped),
+            Mistake("summed over the batch", "return the mean over the batch (one typical score per pair of parts), not the sum.", qkd_summed_over_batch),
+            Mistake("query and key axes transposed", "rows are query parts, columns key parts: [n_q, n_k], entry [i, j] = "
+                    "query part i against key part j.", qkd_transposed),
+            Mistake("rows paired across the batch", "each row's query meets its own row's key: einsum('bid,bjd->ij', q, k) "
+                    "(one batch letter on both sides), not every query row against every key row.", qkd_rows_crossed),
+        ],
+        stuck="q = q_parts @ W_Q; k = k_parts @ W_K; torch.einsum('bid,bjd->ij', q, k) / (batch * sqrt(d_head)).",
     ),
 ]
