@@ -35,7 +35,7 @@ def test_the_model_is_the_papers_architecture():
 
 @pytest.mark.parametrize("p", [5, 13, 59])
 def test_the_fourier_basis_is_orthonormal(p):
-    basis, names = g.fourier_basis(p)
+    basis, names = g.fourier_basis(p), g.fourier_names(p)
     assert basis.shape == (p, p) and names[:3] == ["const", "cos 1", "sin 1"] and names[-1] == f"sin {(p - 1) // 2}"
     assert torch.allclose(basis @ basis.T, torch.eye(p), atol=1e-5)
     x = torch.arange(p, dtype=torch.float32)

@@ -52,16 +52,33 @@ class ModularAddition:
     test: Tensor
 
 
-def modular_addition(p: int, frac_train: float = 0.3, seed: int = 0) -> ModularAddition:
-    """All p² inputs ``[a, b, =]`` in order (a-major), their answers, and a random split with
-    ``round(frac_train · p²)`` training pairs (seeded: the same split every time)."""
+def all_pairs(p: int) -> tuple[Tensor, Tensor]:
+    """Every input ``[a, b, =]`` for a, b in 0 .. p−1, a-major (row ``a·p + b``), with the "="
+    token's id p; and each row's answer ``(a + b) mod p``. Shapes (p², 3) and (p²,), int64."""
     a = torch.arange(p).repeat_interleave(p)
     b = torch.arange(p).repeat(p)
-    tokens = torch.stack([a, b, torch.full_like(a, p)], dim=1)
-    labels = (a + b) % p
+    return torch.stack([a, b, torch.full_like(a, p)], dim=1), (a + b) % p
+
+
+def modular_addition(p: int, frac_train: float = 0.3, seed: int = 0) -> ModularAddition:
+    """All p² inputs ``[a, b, =]`` in order (a-major, ``all_pairs``), their answers, and a random
+    split with ``round(frac_train · p²)`` training pairs (seeded: the same split every time)."""
+    tokens, labels = all_pairs(p)
     order = torch.randperm(p * p, generator=torch.Generator().manual_seed(seed))
     n_train = round(frac_train * p * p)
     return ModularAddition(p, tokens, labels, order[:n_train].sort().values, order[n_train:].sort().values)
+
+
+def mirror_mask(data: ModularAddition) -> Tensor:
+    """For each test pair (a, b), in the order of ``data.test``: is its mirror (b, a), which has
+    the same answer, among the training pairs? (A pair with a = b is its own mirror, so never.)
+    A model that has only memorised the training pairs, but treats its two inputs alike, gets
+    the mirrored test pairs right for free."""
+    p = data.p
+    in_train = torch.zeros(p * p, dtype=torch.bool)
+    in_train[data.train] = True
+    a, b = data.tokens[data.test, 0], data.tokens[data.test, 1]
+    return in_train[b * p + a]
 
 
 def grokking_config(p: int, d_model: int = 128, n_heads: int = 4, d_mlp: int = 512) -> Config:
@@ -152,26 +169,30 @@ def weight_norm(model: nn.Module) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def fourier_basis(p: int) -> tuple[Tensor, list[str]]:
+def fourier_basis(p: int) -> Tensor:
     """The (p, p) orthonormal Fourier basis of functions on {0, ..., p−1}, one function per
     row: the constant, then cos(2πk·x/p) and sin(2πk·x/p) for k = 1 .. (p−1)/2 (p odd), each
-    scaled to unit norm; and the rows' names ("const", "cos 1", "sin 1", ...)."""
+    scaled to unit norm (``fourier_names`` names the rows). float32."""
     if p % 2 == 0:
         raise ValueError("the basis here is for odd p (the course uses primes)")
     x = torch.arange(p, dtype=torch.float64)
-    rows, names = [torch.ones(p, dtype=torch.float64)], ["const"]
+    rows = [torch.ones(p, dtype=torch.float64)]
     for k in range(1, (p - 1) // 2 + 1):
         rows += [torch.cos(2 * math.pi * k * x / p), torch.sin(2 * math.pi * k * x / p)]
-        names += [f"cos {k}", f"sin {k}"]
     basis = torch.stack(rows)
-    return (basis / basis.norm(dim=1, keepdim=True)).float(), names
+    return (basis / basis.norm(dim=1, keepdim=True)).float()
+
+
+def fourier_names(p: int) -> list[str]:
+    """The names of ``fourier_basis(p)``'s rows: "const", "cos 1", "sin 1", ..."""
+    return ["const"] + [f"{fn} {k}" for k in range(1, (p - 1) // 2 + 1) for fn in ("cos", "sin")]
 
 
 def embedding_frequency_norms(W_E: Tensor, p: int) -> Tensor:
     """For each frequency k = 1 .. (p−1)/2, the norm of the embedding of the p numbers along
     cos k and sin k together: ``||F_cos_k W_E||² + ||F_sin_k W_E||²``, square-rooted. (The
     "=" token's row, if W_E has p + 1 rows, is not a number and is left out.)"""
-    basis, _ = fourier_basis(p)
+    basis = fourier_basis(p)
     coeffs = basis.to(W_E.dtype) @ W_E[:p]  # (p, d_model): the embedding in the Fourier basis
     per_row = (coeffs ** 2).sum(-1)
     return (per_row[1::2] + per_row[2::2]).sqrt()
@@ -185,17 +206,31 @@ def key_frequencies(W_E: Tensor, p: int, threshold: float = 0.5) -> list[int]:
     return [k + 1 for k in range(len(norms)) if norms[k] >= threshold * norms.max()]
 
 
+def fourier_transform_2d(grid: Tensor, p: int) -> Tensor:
+    """A function of two inputs, ``grid[..., a, b]`` (any leading axes), in the Fourier basis
+    along both: ``B @ grid @ Bᵀ`` with B = ``fourier_basis(p)``. Entry [..., i, j] is the
+    component along (row i of B as a function of a) × (row j as a function of b). The basis is
+    orthonormal, so the sum of squares is unchanged."""
+    basis = fourier_basis(p).to(grid.dtype)
+    return basis @ grid @ basis.T
+
+
+def components_for_fraction(values: Tensor, fraction: float) -> int:
+    """How many of ``values``' entries (e.g. squared coefficients: power), taken largest first,
+    reach at least ``fraction`` of their total."""
+    ordered = values.flatten().double().sort(descending=True).values
+    cumulative = ordered.cumsum(0)
+    return int((cumulative < fraction * cumulative[-1]).sum()) + 1
+
+
 def neuron_frequency_fractions(acts: Tensor, p: int) -> Tensor:
     """For neurons whose activations ``acts`` (p², n_neurons; rows in the order of
     ``modular_addition``, a-major) are functions of (a, b): the fraction of each neuron's
     variance explained by each frequency k = 1 .. (p−1)/2, i.e. by the 2D Fourier components
     whose a-frequency or b-frequency is k (and the other is k or constant).
     Returns (n_neurons, (p − 1)/2)."""
-    basis, _ = fourier_basis(p)
-    basis = basis.to(acts.dtype)
     grid = acts.T.reshape(-1, p, p)  # (neuron, a, b)
-    coeffs = basis @ grid @ basis.T  # (neuron, a-component, b-component)
-    power = coeffs ** 2
+    power = fourier_transform_2d(grid, p) ** 2  # (neuron, a-component, b-component)
     power[:, 0, 0] = 0  # the mean is not variance
     total = power.sum(dim=(1, 2)).clamp_min(1e-30)
     n_freq = (p - 1) // 2
@@ -212,9 +247,10 @@ def neuron_frequency_fractions(acts: Tensor, p: int) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def _trig_directions(p: int, freqs: list[int]) -> Tensor:
-    """(2·len(freqs), p², p): cos and sin of 2πk(a + b − c)/p over the full (a, b, c) grid,
-    each scaled to unit norm (they are orthogonal to each other for distinct k)."""
+def logit_directions(p: int, freqs: list[int]) -> Tensor:
+    """(2·len(freqs), p², p): for each k in ``freqs``, cos then sin of 2πk(a + b − c)/p over
+    the full grid (rows a-major as in ``all_pairs``, columns c), each scaled to unit norm. They
+    are orthogonal to each other (for distinct k in 1 .. (p−1)/2) and to any constant."""
     a = torch.arange(p).repeat_interleave(p)[:, None]
     b = torch.arange(p).repeat(p)[:, None]
     c = torch.arange(p)[None, :]
@@ -230,7 +266,7 @@ def _trig_directions(p: int, freqs: list[int]) -> Tensor:
 def logit_frequency_projection(logits: Tensor, p: int, freqs: list[int]) -> Tensor:
     """The part of the full-grid logits (p², p; rows a-major as in ``modular_addition``)
     along cos and sin of 2πk(a + b − c)/p for each k in ``freqs``."""
-    dirs = _trig_directions(p, freqs).to(logits.dtype)
+    dirs = logit_directions(p, freqs).to(logits.dtype)
     coeffs = torch.einsum("kxc,xc->k", dirs, logits)
     return torch.einsum("k,kxc->xc", coeffs, dirs)
 
@@ -253,28 +289,40 @@ def fraction_of_logit_variance(logits: Tensor, p: int, freqs: list[int]) -> floa
     return float((part.double() ** 2).sum() / (centred.double() ** 2).sum())
 
 
+def restricted_and_excluded_loss(logits: Tensor, data: ModularAddition, freqs: list[int]) -> tuple[float, float]:
+    """Nanda et al.'s two progress measures, on the *training* pairs: the loss of the logits
+    keeping only the key frequencies' part (restricted loss: is the algorithm enough on its
+    own?) and the loss with that part removed (excluded loss: can the model still answer
+    without it, i.e. from memorisation?). ``logits`` are the full grid's (p², p)."""
+    rows, labels = data.train, data.labels[data.train]
+    restricted = loss_and_accuracy(restricted_logits(logits, data.p, freqs)[rows], labels)[0]
+    excluded = loss_and_accuracy(excluded_logits(logits, data.p, freqs)[rows], labels)[0]
+    return restricted, excluded
+
+
 def progress_measures(model: nn.Module, snapshots: dict[int, dict[str, Tensor]], data: ModularAddition,
                       freqs: list[int]) -> dict[str, list[float]]:
     """For each snapshot of a training run (``GrokkingLog.snapshots``, loaded into ``model`` in
-    turn): test accuracy, the restricted loss (only ``freqs``' part of the logits) and excluded
-    loss (that part removed) on the training pairs, and the weight norm. Nanda et al.'s progress
-    measures: the circuit forms (restricted loss falls, excluded loss rises) while test accuracy
-    still looks like memorisation; then weight decay cleans the memorisation up."""
-    out: dict[str, list[float]] = {k: [] for k in ("step", "test_acc", "restricted_loss", "excluded_loss",
-                                                   "full_train_loss", "weight_norm")}
+    turn): test accuracy, overall and on the test pairs whose mirror is *not* a training pair
+    (``mirror_mask``: the honest measure of generalisation), the restricted and excluded losses
+    (``restricted_and_excluded_loss``), the full training loss, and the weight norm. Nanda et
+    al.'s progress measures: the circuit forms (restricted loss falls, excluded loss rises) while
+    test accuracy still looks like memorisation; then weight decay cleans the memorisation up."""
+    out: dict[str, list[float]] = {k: [] for k in ("step", "test_acc", "unseen_test_acc", "restricted_loss",
+                                                   "excluded_loss", "full_train_loss", "weight_norm")}
+    unseen = data.test[~mirror_mask(data)]
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
         for step in sorted(snapshots):
-            model.load_state_dict(snapshots[step])
+            model.load_state_dict({k: v.to(saved[k].dtype) for k, v in snapshots[step].items()})
             logits = full_logits(model, data.p)
-            train, test = data.train, data.test
             out["step"].append(step)
-            out["test_acc"].append(loss_and_accuracy(logits[test], data.labels[test])[1])
-            out["full_train_loss"].append(loss_and_accuracy(logits[train], data.labels[train])[0])
-            out["restricted_loss"].append(loss_and_accuracy(restricted_logits(logits, data.p, freqs)[train],
-                                                            data.labels[train])[0])
-            out["excluded_loss"].append(loss_and_accuracy(excluded_logits(logits, data.p, freqs)[train],
-                                                          data.labels[train])[0])
+            out["test_acc"].append(loss_and_accuracy(logits[data.test], data.labels[data.test])[1])
+            out["unseen_test_acc"].append(loss_and_accuracy(logits[unseen], data.labels[unseen])[1])
+            out["full_train_loss"].append(loss_and_accuracy(logits[data.train], data.labels[data.train])[0])
+            restricted, excluded = restricted_and_excluded_loss(logits, data, freqs)
+            out["restricted_loss"].append(restricted)
+            out["excluded_loss"].append(excluded)
             out["weight_norm"].append(weight_norm(model))
     finally:
         model.load_state_dict(saved)
@@ -316,12 +364,105 @@ def new_model(p: int, seed: int = 0, **sizes) -> Transformer:
 
 
 # ---------------------------------------------------------------------------------------------
+# The live run, and a saved history of it
+# ---------------------------------------------------------------------------------------------
+
+# The run chapter 6 trains live (about 30 CPU-seconds) and ships as a history of snapshots:
+# memorised by step 100, generalised (test accuracy ≥ 95 %) around step 850.
+LIVE_RUN = {"p": 59, "frac_train": 0.5, "split_seed": 0, "seed": 0, "d_model": 64, "n_heads": 4, "d_mlp": 256,
+            "lr": 3e-3, "weight_decay": 1.0, "steps": 1000}
+
+
+@dataclass
+class GrokkingRun:
+    """A training run: the model (at its last step), the task and split, and the log (with
+    snapshots of the weights)."""
+
+    model: Transformer
+    data: ModularAddition
+    log: GrokkingLog
+    settings: dict
+
+
+def train_run(settings: dict | None = None, steps: int | None = None, log_every: int = 10,
+              snapshot_every: int | None = 50, progress: bool = True, **changes) -> GrokkingRun:
+    """Train one run from ``settings`` (``LIVE_RUN`` by default, with ``changes`` applied, e.g.
+    ``frac_train=0.8`` or ``weight_decay=0.1``); ``steps`` overrides its number of steps."""
+    s = dict(settings or LIVE_RUN, **changes)
+    if steps is not None:
+        s["steps"] = steps
+    data = modular_addition(s["p"], s["frac_train"], seed=s["split_seed"])
+    model = new_model(s["p"], seed=s["seed"], d_model=s["d_model"], n_heads=s["n_heads"], d_mlp=s["d_mlp"])
+    log = train_grokking(model, data, s["steps"], lr=s["lr"], weight_decay=s["weight_decay"], log_every=log_every,
+                         snapshot_every=snapshot_every, progress=progress)
+    return GrokkingRun(model, data, log, s)
+
+
+_CURVES = ("steps", "train_loss", "test_loss", "train_acc", "test_acc")
+
+
+def save_run(run: GrokkingRun, out_dir, name: str, metadata: dict):
+    """Write ``out_dir/name/weights.safetensors`` (every snapshot, in float16, as
+    ``step_NNNNN.<parameter>``) and ``cfg.json`` (model config, settings, the logged curves)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    folder = Path(out_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"step_{step:05d}.{k}": v.detach().to(torch.float16).contiguous()
+               for step, state in run.log.snapshots.items() for k, v in state.items()}
+    save_file(tensors, folder / "weights.safetensors")
+    curves = {k: [round(v, 6) if isinstance(v, float) else v for v in getattr(run.log, k)] for k in _CURVES}
+    info = {"format": 1, "config": run.model.cfg.to_dict(), "settings": run.settings, "curves": curves,
+            "metadata": metadata}
+    (folder / "cfg.json").write_text(json.dumps(info, indent=1) + "\n")
+    return folder
+
+
+def load_run(name: str = "grokking_p59_history") -> GrokkingRun:
+    """A shipped run by name: its model at the last snapshot, its task and split, and its log
+    (curves and every snapshot, as float32)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from .zoo import checkpoint_dir
+
+    folder = checkpoint_dir() / name
+    info = json.loads((folder / "cfg.json").read_text())
+    s = info["settings"]
+    log = GrokkingLog(**{k: info["curves"][k] for k in _CURVES})
+    for key, tensor in load_file(folder / "weights.safetensors").items():
+        step, param = key.split(".", 1)
+        log.snapshots.setdefault(int(step[5:]), {})[param] = tensor.float()
+    model = Transformer(Config.from_dict(info["config"]))
+    model.load_state_dict(log.snapshots[max(log.snapshots)])
+    return GrokkingRun(model.eval(), modular_addition(s["p"], s["frac_train"], seed=s["split_seed"]), log, s)
+
+
+# ---------------------------------------------------------------------------------------------
 # The shipped models (recipes: python -m utils.zoo train grokking_p113)
 # ---------------------------------------------------------------------------------------------
 
 from .zoo import recipe  # noqa: E402  (the zoo imports this module for its recipes)
 
 
+@recipe("grokking_p59_history", "Chapter 6's live run (p = 59, d_model 64, half the pairs), with a snapshot "
+        "of the weights every 50 steps: the progress measures' history.",
+        save=lambda run, out_dir, name, metadata: save_run(run, out_dir, name, metadata))
+def _grokking_p59_history(steps: int | None = None, progress: bool = True) -> tuple[GrokkingRun, dict]:
+    import time
+
+    start = time.process_time()
+    run = train_run(steps=steps, snapshot_every=50, progress=progress)
+    log = run.log
+    return run, {"recipe": "grokking_p59_history", "torch": torch.__version__,
+                 "train_cpu_seconds": round(time.process_time() - start, 1),
+                 "first_step_train_acc_1": log.first_step("train_acc", 1.0),
+                 "first_step_test_acc_0.95": log.first_step("test_acc", 0.95),
+                 "key_frequencies": key_frequencies(run.model.embed.W_E.detach(), run.data.p)}
 @recipe("grokking_p113", "Chapter 6's model: one layer, ReLU, no LayerNorm, trained on (a + b) mod 113 "
         "(40 % of pairs) with AdamW and weight decay 1.0 until long after it generalised.")
 def _grokking_p113(steps: int | None = None, progress: bool = True) -> tuple[Transformer, dict]:
