@@ -64,6 +64,55 @@ def test_feature_dimensionality_sweep_sticks_to_the_papers_fractions():
     assert int((norms[0] > 0.3).sum()) == 53 and norms[0].max() < 0.605
 
 
+def test_dense_end_ties_with_pca_and_the_tie_broken_model_is_pca():
+    """The notebook's dense-end numbers: equal importances tie with the PCA solution; importance
+    0.9^i (the shipped toy_dense_end) trains to it."""
+    model, sweep, meta = tm.load_toy("toy_dense_end")
+    assert meta["recipe"] == "toy_dense_end" and meta["steps"] == 10_000 and meta["decay"] == 0.9
+    assert torch.equal(sweep["feature_probability"], torch.ones(1))
+    assert torch.allclose(sweep["importance"], 0.9 ** torch.arange(100, dtype=torch.float32))
+    W = model.W.detach()
+    norms, dims = tm.feature_norms(W)[0], tm.feature_dimensionality(W)[0]
+    assert (dims > 0.9).nonzero().flatten().tolist() == list(range(10))  # exactly the 10 most important
+    assert dims[:10].min() > 0.995 and norms[:10].min() > 0.995 and norms[:10].max() < 1.005  # printed 1.00
+    assert norms[10:].max() < 0.06 and dims[10:].max() < 0.01  # the other 90 dropped
+    loss, pca = tm.eval_loss(model, sweep["feature_probability"], sweep["importance"], n_eval=8_000), \
+        tm.eval_loss(tm.pca_solution(model.cfg, sweep["feature_probability"]), sweep["feature_probability"], sweep["importance"], n_eval=8_000)
+    assert abs(loss - pca).item() < 1e-3 * pca.item()
+    # the equal-importance sweep, as the notebook prints it (8 000 samples, seed 1)
+    dim_model, dim_sweep, _ = tm.load_toy("toy_dimensionality")
+    p, importance = dim_sweep["feature_probability"], dim_sweep["importance"]
+    trained = tm.eval_loss(dim_model, p, importance, n_eval=8_000)
+    pca = tm.eval_loss(tm.pca_solution(dim_model.cfg, p), p, importance, n_eval=8_000)
+    assert abs(trained[0] - 0.0750) < 5e-5 and abs(pca[0] - 0.0750) < 5e-5  # a tie: 0.0750 both
+    assert abs(trained[2] - 0.0847) < 5e-5 and abs(pca[2] - 0.0882) < 5e-5  # p = 0.44: superposition wins
+
+
+def test_sparsity_sweep_norms_coloured_by_superposition():
+    """The paper's sweep (20 features, importance 0.7^i, in 5 dims), read with feature_status as the
+    notebook prints it: not represented / dedicated / in superposition per sparsity."""
+    model, p = tm.sparsity_sweep(progress=False)
+    W = model.W.detach()
+    assert torch.allclose(1 - p, torch.tensor([0.0, 0.7, 0.9, 0.97, 0.99, 0.997, 0.999]))
+    status, norms, sup = tm.feature_status(W), tm.feature_norms(W), tm.superposition(W)
+    counts = torch.stack([(status == code).sum(-1) for code in (0, 1, 2)], dim=1)
+    assert counts.tolist() == [[15, 5, 0], [13, 3, 4], [10, 0, 10], [10, 0, 10], [9, 0, 11], [6, 0, 14], [6, 0, 14]]
+    # S = 0: PCA, the five most important features each on a dimension of their own, the rest dropped
+    assert status[0].tolist() == [1] * 5 + [0] * 15
+    assert norms[0, :5].min() > 0.99 and sup[0, :5].max() < 0.01 and norms[0, 5:].max() < 0.01
+    # S = 0.7: the three most important keep their dimensions, the next four share two as antipodal pairs
+    assert status[1].tolist() == [1] * 3 + [2] * 4 + [0] * 13
+    assert int(tm.antipodal_pairs(W)[1]) == 2
+    # S = 0.9 and 0.97: ten features in five antipodal pairs (at 0.9 feature 10 in place of feature 9)
+    assert status[2].tolist() == [2] * 9 + [0, 2] + [0] * 9 and status[3].tolist() == [2] * 10 + [0] * 10
+    assert tm.antipodal_pairs(W)[2:4].tolist() == [5, 5]
+    # S = 0.999: 14 of 20 features in 5 dimensions, none with a dimension of its own
+    assert (status[-1] == 2).sum() == 14 and (status[-1] == 1).sum() == 0
+    assert (status[-2:, :13] == 2).all()  # the six left out are among the seven least important
+    shared = sup[4:][status[4:] == 2]
+    assert shared.min() > 0.95 and shared.max() < 3.65  # S >= 0.99: superposition between 1.0 and 3.6
+
+
 def test_privileged_basis_becomes_polysemantic_with_sparsity():
     model, p = tm.privileged_experiment(progress=False)
     poly = tm.polysemantic_fraction(model.W.detach())
@@ -108,7 +157,7 @@ def test_shipped_sweeps_come_from_their_recipes(tmp_path):
     """The recipes run (briefly) and write what load_toy reads."""
     from utils import zoo
 
-    for name in ("toy_phase", "toy_dimensionality"):
+    for name in ("toy_phase", "toy_dimensionality", "toy_dense_end"):
         assert name in zoo.all_recipes()
         path = zoo.retrain(name, tmp_path, steps=3, progress=False)
         assert sorted(p.name for p in path.iterdir()) == ["cfg.json", "weights.safetensors"]

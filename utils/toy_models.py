@@ -231,6 +231,19 @@ def band_counts(dims: Tensor, norms: Tensor, fractions: Tensor, tol: float = 0.0
     return torch.bincount(nearest.indices[nearest.values < tol], minlength=fractions.shape[0])
 
 
+NOT_REPRESENTED, DEDICATED, SHARED = 0, 1, 2  # the codes feature_status returns
+
+
+def feature_status(W: Tensor, represented: float = 0.5, shared: float = 0.1) -> Tensor:
+    """[instances, hidden, features] -> [instances, features] codes, the paper's bar-chart reading:
+    0 not represented (||W_i|| <= ``represented``), 1 a dedicated dimension (represented, and its
+    superposition sum_j!=i (W_i_hat . W_j)^2 < ``shared``), 2 in superposition (represented, >= ``shared``).
+    A dropped feature is not represented whatever its superposition says: its direction is noise."""
+    norms, sup = feature_norms(W), superposition(W)
+    codes = torch.where(sup < shared, DEDICATED, SHARED)
+    return torch.where(norms > represented, codes, NOT_REPRESENTED)
+
+
 def is_regular_polygon(W2: Tensor, threshold: float = 0.5, tol_deg: float = 8.0) -> bool:
     """For one instance with 2 hidden dims ([2, features]): are all features represented, with
     equal norms and equally spaced angles (a regular polygon, e.g. the pentagon)?"""
@@ -268,6 +281,17 @@ def privileged_experiment(model_cls=HiddenReluModel, steps: int = 6_000, progres
                     progress=progress, desc="privileged basis")
     return model, p
 
+
+
+def sparsity_sweep(steps: int = 10_000, progress: bool = True):
+    """The paper's sweep with norms coloured by superposition: 20 features (importance 0.7^i) in 5
+    dimensions, at sparsities S = 0, 0.7, 0.9, 0.97, 0.99, 0.997, 0.999 (p = 1 - S)."""
+    cfg = ToyConfig(n_instances=7, n_features=20, n_hidden=5)
+    p = 1 - torch.tensor([0.0, 0.7, 0.9, 0.97, 0.99, 0.997, 0.999])
+    model = ToyModel(cfg, seed=0)
+    train_toy_model(model, p, 0.7 ** torch.arange(cfg.n_features, dtype=torch.float32), steps=steps,
+                    progress=progress, desc="20 features in 5 dims")
+    return model, p
 
 
 def correlation_experiment(batch_fn, steps: int = 4_000, progress: bool = True, desc: str = "correlated pairs"):
@@ -364,6 +388,39 @@ def dimensionality_sweep(steps: int = 10_000, progress: bool = True):
     return model, p, importance
 
 
+def dense_end(steps: int = 10_000, progress: bool = True, decay: float = 0.9):
+    """The sweep's dense end with the tie broken: 100 features in 10 dimensions, all always present
+    (p = 1), importance ``decay^i``. With equal importances every 10-dimensional subspace loses the
+    same variance, so training stops in whichever mixed subspace it drifts to; a decay makes the
+    top 10 features the one best subspace, and training finds it: the PCA solution."""
+    cfg = ToyConfig(n_instances=1, n_features=100, n_hidden=10)
+    p = torch.ones(1)
+    model = ToyModel(cfg, seed=0)
+    importance = decay ** torch.arange(cfg.n_features, dtype=torch.float32)
+    train_toy_model(model, p, importance, steps=steps, progress=progress, desc="dense end, importance 0.9^i")
+    return model, p, importance
+
+
+def pca_solution(cfg: ToyConfig, feature_probability: Tensor) -> ToyModel:
+    """The PCA-like solution of a dense toy model: features 0 .. n_hidden - 1 each on a hidden axis
+    of their own (W = [I, 0]), the others dropped and predicted by their mean, p / 2, through the bias."""
+    model = ToyModel(cfg)
+    with torch.no_grad():
+        model.W.zero_()
+        model.W[:, :, : cfg.n_hidden] = torch.eye(cfg.n_hidden)
+        model.b_final.zero_()
+        model.b_final[:, cfg.n_hidden :] = feature_probability.reshape(-1, 1) / 2
+    return model.eval()
+
+
+@torch.no_grad()
+def eval_loss(model: nn.Module, feature_probability: Tensor, importance: Tensor, n_eval: int = 20_000, seed: int = 1) -> Tensor:
+    """[instances]: each instance's importance-weighted loss on a fresh seeded batch of ``n_eval``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = generate_batch(n_eval, feature_probability.reshape(model.cfg.n_instances, -1), model.cfg.n_features, gen)
+    return (importance * (x - model(x)) ** 2).mean(dim=(0, 2))
+
+
 def phase_sweep(steps: int = 4_000, k: int = 8, seeds: int = 4, progress: bool = True):
     """One neuron, two features: feature 1's relative importance (0.1..10) x density (1..0.01), a
     k x k grid, each cell trained ``seeds`` times from different initialisations (instances
@@ -455,6 +512,13 @@ def _register_recipes() -> None:
         model, p, importance = dimensionality_sweep(steps=steps, progress=progress)
         model.sweep = {"feature_probability": p, "importance": importance}
         return model, {"recipe": "toy_dimensionality", "steps": steps, "seed": 0, "torch": torch.__version__}
+
+    @recipe("toy_dense_end", "Chapter 3's dense end with the tie broken: 100 features (importance 0.9^i) in 10 dims, p = 1.", save=save)
+    def _toy_dense_end(steps: int | None = None, progress: bool = True):
+        steps = steps or 10_000
+        model, p, importance = dense_end(steps=steps, progress=progress)
+        model.sweep = {"feature_probability": p, "importance": importance}
+        return model, {"recipe": "toy_dense_end", "steps": steps, "decay": 0.9, "seed": 0, "torch": torch.__version__}
 
     @recipe("toy_phase", "Chapter 3's one-neuron phase diagram: 8 x 8 cells, 4 seeds each.", save=save)
     def _toy_phase(steps: int | None = None, progress: bool = True):

@@ -536,6 +536,44 @@ def bands_threshold_ignored(dims, norms, fractions, tol=0.02, threshold=0.5):
 
 
 
+# ---- feature_status (dedicated / in superposition / not represented) --------------------------
+def run_status(impl, ctx):
+    """W with known parts: ``n_ded`` features alone on their own hidden axis (plus a little noise),
+    the rest sharing the other axes, with norms from 0 to 1.5 (some exactly 0: dropped)."""
+    c = ctx.case
+    inst, hid, feat, n_ded = c["inst"], c["hid"], c["feat"], c["n_ded"]
+    W = torch.zeros(inst, hid, feat)
+    for i in range(inst):
+        order = torch.randperm(feat, generator=ctx.gen)
+        for axis, f in enumerate(order[:n_ded].tolist()):
+            W[i, axis, f] = 0.55 + 0.9 * torch.rand((), generator=ctx.gen)  # some between 0.5 and 0.71
+        rest = order[n_ded:]
+        directions = F.normalize(ctx.randn(hid - n_ded, len(rest)), dim=0)
+        W[i, n_ded:, rest] = directions * 1.5 * torch.rand(len(rest), generator=ctx.gen)
+        W[i, :, rest[:2]] = 0.0  # dropped entirely: zero norm, zero superposition
+    W = W + 0.03 * ctx.randn(inst, hid, feat) * (W != 0)  # a little interference on the dedicated axes
+    return {"codes": ctx.call(impl, W, c["represented"], c["shared"])}
+
+
+def status_dropped_not_excluded(W, represented=0.5, shared=0.1):
+    codes = torch.where(ref.feature_norms(W) > represented, ref.SHARED, ref.NOT_REPRESENTED)
+    codes[ref.superposition(W) < shared] = ref.DEDICATED  # overwrites dropped features too
+    return codes
+
+
+def status_squared_norm(W, represented=0.5, shared=0.1):
+    return ref.feature_status(W, represented ** 0.5, shared)  # ||W_i||^2 > represented
+
+
+def status_arguments_ignored(W, represented=0.5, shared=0.1):
+    return ref.feature_status(W)
+
+
+def status_codes_swapped(W, represented=0.5, shared=0.1):
+    codes = ref.feature_status(W, represented, shared)
+    return torch.where(codes == ref.DEDICATED, ref.SHARED, torch.where(codes == ref.SHARED, ref.DEDICATED, codes))
+
+
 # ---- 16. AbsModel.forward (computation in superposition) ------------------------------------
 def run_abs_forward(impl, ctx):
     c = ctx.case
@@ -790,6 +828,27 @@ EXERCISES = [
         ],
         stuck="v = dims[norms > threshold]; d = (v[:, None] - fractions[None]).abs(); nearest = d.min(-1); "
               "torch.bincount(nearest.indices[nearest.values < tol], minlength=len(fractions)).",
+    ),
+    Exercise(
+        name="feature_status", title="feature_status", reference=ref.feature_status, run=run_status, kind="function",
+        cases=[dict(seed=121, inst=3, hid=5, feat=12, n_ded=3, represented=0.5, shared=0.1,
+                    describe="W of shape (3, 5, 12) [instances, hidden, features]: 3 features on axes of their own, 2 dropped, "
+                             "the rest sharing 2 axes; represented 0.5, shared 0.1"),
+               dict(seed=122, inst=2, hid=6, feat=9, n_ded=2, represented=0.3, shared=0.25,
+                    describe="W of shape (2, 6, 9): 2 features on axes of their own, 2 dropped; represented 0.3, shared 0.25")],
+        hidden_cases=[dict(seed=0, inst=5, hid=8, feat=20, n_ded=4, represented=0.4, shared=0.15)],
+        mistakes=[
+            Mistake("dropped features classified", "a feature with norm <= represented is not represented (code 0) whatever its "
+                    "superposition: a dropped feature has no direction, so its superposition (here 0) means nothing. "
+                    "Decide 'represented?' first, then 'dedicated or shared?' only for represented features.", status_dropped_not_excluded),
+            Mistake("squared norm", "compare the norm ||W_i|| with `represented`, not the squared norm (the diagonal of W^T W).", status_squared_norm),
+            Mistake("arguments ignored", "you used represented 0.5 and shared 0.1 whatever the arguments: use the `represented` and "
+                    "`shared` passed in.", status_arguments_ignored),
+            Mistake("codes swapped", "code 1 means a dedicated dimension (superposition < shared), code 2 in superposition "
+                    "(superposition >= shared).", status_codes_swapped),
+        ],
+        stuck="norms = feature_norms(W); sup = superposition(W); codes = torch.where(sup < shared, 1, 2); "
+              "return torch.where(norms > represented, codes, 0).",
     ),
     Exercise(
         name="abs_model", title="AbsModel", reference=ref.AbsModel, run=run_abs_forward,
