@@ -272,3 +272,17 @@ def test_neurons_live_on_one_frequency(model113):
     median = lambda xs: sorted(xs)[len(xs) // 2]
     assert P113_FOURIER_COUNT[0] <= median(fourier) <= P113_FOURIER_COUNT[1], median(fourier)
     assert P113_STANDARD_COUNT[0] <= median(standard) <= P113_STANDARD_COUNT[1], median(standard)
+
+
+def test_a_retrained_history_loads_and_everyone_can_read_it(tmp_path, monkeypatch):
+    """The recipe's files round-trip through ``load_run``, and are readable by every user (the
+    grading sandbox runs the kernel as another user; safetensors alone writes mode 0600)."""
+    from utils import zoo
+
+    folder = zoo.retrain("grokking_p59_history", tmp_path, steps=3, progress=False)
+    assert sorted(f.name for f in folder.iterdir()) == ["cfg.json", "weights.safetensors"]
+    assert all(f.stat().st_mode & 0o777 == 0o644 for f in folder.iterdir())
+    monkeypatch.setattr(zoo, "checkpoint_dir", lambda: tmp_path)
+    run = g.load_run("grokking_p59_history")
+    assert sorted(run.log.snapshots) == [0, 3] and run.log.steps == [0, 3]
+    assert torch.allclose(run.model.embed.W_E, run.log.snapshots[3]["embed.W_E"])

@@ -201,9 +201,14 @@ def retrain(name: str, out_dir: str | Path | None = None, steps: int | None = No
         raise ValueError(f"unknown recipe {name!r}; available: {', '.join(sorted(recipes))}")
     model, metadata = recipes[name].make(steps=steps, progress=progress)
     if recipes[name].save is not None:
-        return recipes[name].save(model, Path(out_dir or checkpoint_dir()), name, metadata)
-    path = Path(out_dir or checkpoint_dir()) / f"{name}.safetensors"
-    save_checkpoint(model, path, metadata)
+        path = recipes[name].save(model, Path(out_dir or checkpoint_dir()), name, metadata)
+    else:
+        path = Path(out_dir or checkpoint_dir()) / f"{name}.safetensors"
+        save_checkpoint(model, path, metadata)
+    # safetensors writes its files readable by their owner only; a shipped checkpoint must be
+    # readable by everyone (the grading sandbox's kernel runs as another user).
+    for file in ([*path.iterdir()] if path.is_dir() else [path, path.with_suffix(".json")]):
+        file.chmod(0o644)
     return path
 
 
