@@ -270,7 +270,8 @@ def probe_direction(W: Tensor, std: Tensor, positive: Tensor | int, negative: Te
     rises fastest against class ``negative``, as a unit vector ([d], or [n, d] for tensors of
     classes). The probe read standardized features (x - mean) / std, so in the residual
     stream its weights are W / std."""
-    w = (W[:, positive] - W[:, negative]).T / std
+    w = W[:, positive] - W[:, negative]  # [d], or [d, n] for tensors of classes
+    w = (w.mT if w.ndim == 2 else w) / std
     return w / w.norm(dim=-1, keepdim=True)
 
 
