@@ -122,6 +122,17 @@ def test_push_random_and_direction_helpers():
     assert P.top_name_rate(logits, torch.tensor([3, 5])) == 1.0
 
 
+def test_remove_direction_mean_ablates_one_direction_only():
+    gen = torch.Generator().manual_seed(0)
+    resid, direction, centre = torch.randn(2, 5, 8, generator=gen), torch.randn(8, generator=gen) * 4, torch.randn(8, generator=gen)
+    out = P.remove_direction(resid, direction, centre)
+    unit = direction / direction.norm()
+    torch.testing.assert_close(out @ unit, (centre @ unit).expand(2, 5))
+    other = torch.randn(8, generator=gen)
+    other = other - (other @ unit) * unit
+    torch.testing.assert_close(out @ other, resid @ other)
+
+
 def test_mean_difference_and_target_frequency():
     a, b = torch.ones(3, 4), torch.zeros(5, 4)
     torch.testing.assert_close(P.mean_difference(a, b), torch.ones(4))
@@ -187,7 +198,8 @@ def test_pushing_along_the_probe_direction_flips_the_answer(model):
 def test_steering_vector_sweep(model):
     """Measured (layer 1, Mary - John, 100 samples of 40 tokens): coefficient 0 → 13 % at +0;
     2 → 55 % at +0.066 nats; 3 → 91 % at +0.195; 4 → 98 % at +0.406; 8 → 100 % at +2.13.
-    A random vector of the same norm at 4: 9 %. The embedding layer at 4: 61 % at +0.67."""
+    A random vector of the same norm at 4: 9 %. One pair of prompts (ActAdd, "Mary" - "John") at
+    4: 11 %. The embedding layer at 4: 61 % at +0.67."""
     hook = "blocks.1.hook_resid_pre"
     vector = P.steering_vector(model, hook)
     rows = {r["coefficient"]: r for r in P.steering_sweep(model, vector, hook, coefficients=(0, 2, 4))}
@@ -198,6 +210,21 @@ def test_steering_vector_sweep(model):
     assert rows[2]["cost"] < rows[4]["cost"]
     control = P.steering_sweep(model, P.random_like(vector, seed=0), hook, coefficients=(4,))[0]
     assert control["frequency"] < 0.3
+    one_pair = P.steering_sweep(model, P.one_pair_vector(model, hook), hook, coefficients=(4,))[0]
+    assert one_pair["frequency"] < 0.3, "one pair of prompts (ActAdd) is not enough here"
     embed = "blocks.0.hook_resid_pre"
     early = P.steering_sweep(model, P.steering_vector(model, embed), embed, coefficients=(4,))[0]
     assert early["frequency"] < rows[4]["frequency"] and early["cost"] > rows[4]["cost"]
+
+
+@pytest.mark.slow
+def test_the_quotation_direction_is_read_more_than_written(model):
+    """Measured at blocks.1.hook_resid_mid (difference of means, norm 4.8): P(closing quote) at a
+    full stop inside a quotation 0.999; with the direction mean-ablated 0.984 (the knowledge is in
+    more than one direction); with 4 times the vector subtracted 0.294. After a full stop outside
+    a quotation, P(quote) 0.008, and 0.272 with 4 times the vector added."""
+    r = P.quote_direction_test(model)
+    assert r["close clean"] >= 0.98
+    assert r["close removed"] >= 0.9
+    assert r["close subtracted"] < 0.6
+    assert r["open clean"] < 0.03 and 3 * r["open clean"] < r["open added"] < 0.6

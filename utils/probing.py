@@ -332,6 +332,52 @@ def ioi_causal_test(model: Transformer, hook_name: str = "blocks.1.hook_resid_pr
     return {f"{k} {who}": float(top_name_rate(v, t)) for k, v in out.items() for who, t in [("S top", s), ("IO top", io)]}
 
 
+def remove_direction(resid: Tensor, direction: Tensor, centre: Tensor) -> Tensor:
+    """``resid`` [..., d] with its component along ``direction`` [d] set to that of ``centre`` [d]
+    (the data's mean): a mean-ablation of one direction, which leaves every other direction alone."""
+    unit = direction / direction.norm()
+    return resid - ((resid - centre) @ unit)[..., None] * unit
+
+
+@torch.no_grad()
+def quote_direction_test(model: Transformer, hook_name: str = "blocks.1.hook_resid_mid", scale: float = 4.0,
+                         data: ProbeData | None = None) -> dict:
+    """Read versus write along the quotation direction (inside minus outside, difference of
+    means at ``hook_name``), at every position of the in-quote data set's rows:
+
+    * ``close clean`` / ``close removed`` / ``close subtracted``: mean P(next token is a closing
+      quotation mark) at a full stop inside a quotation (where the answer is a closing mark),
+      clean, with the direction mean-ablated, and with ``scale`` times the vector subtracted;
+    * ``open clean`` / ``open added``: mean P(quotation mark) after a full stop outside any
+      quotation, clean and with ``scale`` times the vector added.
+    """
+    data = in_quote_data() if data is None else data
+    tokens, quote = data.tokens, TOKENIZER.stoi[QUOTE]
+    acts = collect_resid(model, tokens, data.mask, [hook_name])[0]
+    vector = mean_difference(acts[data.labels == 1], acts[data.labels == 0])
+    centre = acts.mean(0)
+    inside = torch.zeros_like(tokens, dtype=torch.bool)
+    inside[data.mask] = data.labels.bool()
+    outside = data.mask.clone()
+    outside[data.mask] = ~data.labels.bool()
+    full_stop = tokens == TOKENIZER.stoi["."]
+    next_token = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], TOKENIZER.pad_id)], 1)
+    closing = inside & full_stop & (next_token == quote)
+    after_stop = outside & full_stop & (next_token != quote)
+
+    def p_quote(edit) -> Tensor:
+        logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, lambda act, hook: edit(act))])
+        return logits.softmax(-1)[..., quote]
+
+    clean = p_quote(lambda a: a)
+    removed = p_quote(lambda a: remove_direction(a, vector, centre))
+    subtracted = p_quote(lambda a: a - scale * vector)
+    added = p_quote(lambda a: a + scale * vector)
+    return {"close clean": float(clean[closing].mean()), "close removed": float(removed[closing].mean()),
+            "close subtracted": float(subtracted[closing].mean()), "open clean": float(clean[after_stop].mean()),
+            "open added": float(added[after_stop].mean()), "vector norm": float(vector.norm())}
+
+
 # ---- Writing: steering vectors ---------------------------------------------------------------
 def mean_difference(acts_a: Tensor, acts_b: Tensor) -> Tensor:
     """The steering vector ``mean(acts_a) - mean(acts_b)`` over the rows of each ([n_a, d],
@@ -363,6 +409,15 @@ def steering_vector(model: Transformer, hook_name: str, target: str = "Mary", ot
         mask = (tokens != TOKENIZER.bos_id) & (tokens != TOKENIZER.pad_id)
         means.append(collect_resid(model, tokens, mask, [hook_name])[0])
     return mean_difference(*means)
+
+
+@torch.no_grad()
+def one_pair_vector(model: Transformer, hook_name: str, target: str = "Mary", other: str = "John") -> Tensor:
+    """ActAdd's steering vector from a single pair of prompts (Turner et al. 2023): the residual
+    stream at ``hook_name`` of ``<bos> target`` minus that of ``<bos> other``, at the name."""
+    tokens = torch.tensor([TOKENIZER.encode(target, bos=True), TOKENIZER.encode(other, bos=True)])
+    _, cache = model.run_with_cache(tokens, names_filter=hook_name)
+    return cache[hook_name][0, 1] - cache[hook_name][1, 1]
 
 
 def add_vector(resid: Tensor, vector: Tensor, coefficient: float, skip: int = 1) -> Tensor:
