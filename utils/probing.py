@@ -311,6 +311,19 @@ def push_logits(model: Transformer, data: ProbeData, hook_name: str, direction: 
     return logits[rows, last]
 
 
+def train_io_probe(model: Transformer, hook_name: str, data: ProbeData | None = None, train: Tensor | None = None,
+                   steps: int = 200) -> tuple[Tensor, Tensor, Tensor]:
+    """The indirect-object probe at ``hook_name`` (default data: :func:`ioi_data`, trained on the
+    training rows of ``split_rows(data, seed=3)``): ``(W, b, std)``, ``std`` the training
+    standard deviation that :func:`probe_direction` needs."""
+    data = ioi_data() if data is None else data
+    train = split_rows(data, seed=3)[0] if train is None else train
+    acts = collect_resid(model, data.tokens, data.mask, [hook_name])[0]
+    mean, std = acts[train].mean(0), acts[train].std(0) + 1e-5
+    W, b = train_probe((acts[train] - mean) / std, data.labels[train], data.n_classes, steps)
+    return W, b, std
+
+
 def ioi_causal_test(model: Transformer, hook_name: str = "blocks.1.hook_resid_pre", alpha: float = 0.5,
                     n: int = 1200, seed: int = 3, steps: int = 200) -> dict:
     """Train the IO-identity probe at ``hook_name`` on 3/4 of the prompts; on the other 1/4,
@@ -319,9 +332,7 @@ def ioi_causal_test(model: Transformer, hook_name: str = "blocks.1.hook_resid_pr
     whose top name is the subject (and the IO) in each case."""
     data = ioi_data(n, seed)
     train, test = split_rows(data, seed=seed)
-    acts = collect_resid(model, data.tokens, data.mask, [hook_name])[0]
-    mean, std = acts[train].mean(0), acts[train].std(0) + 1e-5
-    W, _ = train_probe((acts[train] - mean) / std, data.labels[train], data.n_classes, steps)
+    W, _, std = train_io_probe(model, hook_name, data, train, steps)
     sub = ProbeData(data.tokens[test], data.mask[test], data.labels[test], data.classes, torch.arange(int(test.sum())),
                     {"s": data.extra["s"][test], "last": data.extra["last"][test]})
     s, io = sub.extra["s"], sub.labels
