@@ -35,9 +35,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # The chapters run in the browser, with the figures and attention views each must draw at least:
-# chapter 2 (attention views and plotly figures), chapter 5 (plotly figures, SAE training) and
-# chapter 6 (plotly figures, live training with subplots and shaded phases).
-CHAPTERS = {"02_induction_heads": (3, 2), "05_sparse_autoencoders": (8, 0), "06_grokking": (8, 0)}
+# chapter 2 (attention views and plotly figures), chapter 5 (plotly figures, SAE training),
+# chapter 6 (plotly figures, live training with subplots and shaded phases) and chapter 7
+# (plotly figures: probe accuracies, a causal sweep, a steering Pareto plot).
+CHAPTERS = {"02_induction_heads": (3, 2), "05_sparse_autoencoders": (8, 0), "06_grokking": (8, 0),
+            "07_linear_representations": (3, 0)}
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 # The chapter's training runs are cut to this many steps (COURSE_DEMO_STEPS): what is measured

@@ -37,6 +37,7 @@ def test_there_are_enough_exercises():
     assert len(exercises("ch03")) >= 10
     assert len(exercises("ch04")) >= 10
     assert len(exercises("ch06")) >= 12
+    assert len(exercises("ch07")) >= 10
     assert all(ex.mistakes for ex in ALL), [ex.name for ex in ALL if not ex.mistakes]
     assert all(len(ex.cases) >= 2 for ex in ALL), "every check needs at least two inputs of different shapes"
 

@@ -711,7 +711,8 @@ def test_every_later_chapter_grades_its_reference_solution_with_full_marks(tmp_p
             errors = [(c.source[:80], o.get("ename")) for c in graded.cells if c.cell_type == "code"
                       for o in c.get("outputs", []) if o.output_type == "error"]
             assert not errors, f"{name}: cells failed while grading: {errors}"
-            if name != "ch04":  # chapter 4 loads a shipped model; 2 and 3 train theirs live
+            # chapters 4 and 7 load shipped models (7 trains only probes, seconds each); 2, 3 and 5 train theirs live
+            if name not in ("ch04", "ch07"):
                 assert any("autograding:" in o.get("text", "") for c in graded.cells if c.cell_type == "code"
                            for o in c.get("outputs", [])), f"{name}: no demonstration said it was shortened"
 
