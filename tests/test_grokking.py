@@ -258,7 +258,8 @@ def test_neurons_live_on_one_frequency(model113):
     standard basis (medians over neurons, for 90 % of a neuron's variance)."""
     p = 113
     data = g.modular_addition(p, frac_train=0.4, seed=0)
-    _, cache = model113.run_with_cache(data.tokens, names_filter="blocks.0.mlp.hook_post")
+    with torch.no_grad():
+        _, cache = model113.run_with_cache(data.tokens, names_filter="blocks.0.mlp.hook_post")
     acts = cache["blocks.0.mlp.hook_post"][:, -1]
     fractions = g.neuron_frequency_fractions(acts, p)
     best_fraction, best_freq = fractions.max(-1)
