@@ -292,3 +292,13 @@ def test_a_retrained_history_loads_and_everyone_can_read_it(tmp_path, monkeypatc
     run = g.load_run("grokking_p59_history")
     assert sorted(run.log.snapshots) == [0, 3] and run.log.steps == [0, 3]
     assert torch.allclose(run.model.embed.W_E, run.log.snapshots[3]["embed.W_E"])
+
+
+def test_chapter_6_checks_take_plain_python_answers_and_explain_a_set():
+    """A mask as a list of bools passes; frequencies as a set (no order) get a message saying so."""
+    from utils.checks import CheckFailed, check
+
+    check("mirror_mask", lambda data: g.mirror_mask(data).tolist())
+    check("key_frequencies", lambda W_E, p, threshold=0.5: g.key_frequencies(W_E, p, threshold))
+    with pytest.raises(CheckFailed, match="got a set: a set has no order"):
+        check("key_frequencies", lambda W_E, p, threshold=0.5: set(g.key_frequencies(W_E, p, threshold)))

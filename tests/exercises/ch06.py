@@ -25,6 +25,10 @@ def _tensor(value, what: str, dtype=None) -> Tensor:
         raise LearnerError(f"{what} should be a number or a tensor, got a bool")
     if isinstance(value, (int, float)):
         return torch.tensor(float(value))
+    if isinstance(value, (set, frozenset)):
+        raise LearnerError(f"{what} should be a sorted list (or a tensor), got a set: a set has no order")
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, bool) for v in value):
+        return torch.tensor(value)
     if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         return torch.tensor([float(v) for v in value])
     if not isinstance(value, Tensor):
