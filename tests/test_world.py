@@ -79,7 +79,7 @@ def model():
 def test_model_answers_who_holds_the_object(model):
     val, _ = W.world_dataset(500, seed=100)
     acc = W.holder_accuracy(model, val)
-    assert acc > 0.65
+    assert acc > 0.98  # measured 1.000 (500 stories, 1 492 questions)
 
 
 @pytest.mark.slow
@@ -89,17 +89,22 @@ def test_holder_probe_where_asked_beats_every_baseline(model):
     _, test = P.split_rows(d)
     h = W.heuristic_accuracy(d, test)
     best = max(tab["trained"])
-    assert best > 0.6
+    assert best > 0.98  # measured 1.00 after layer 1's attention and MLP
+    assert max(tab["trained"][:3]) < 0.75  # layer 0: 0.55 and 0.62, the answer is found in layer 1
     assert best > max(tab["random"]) + 0.25
     assert best > max(h.values()) + 0.3
     assert best > tab["majority"] + 0.5
 
 
 @pytest.mark.slow
-def test_holder_probe_where_nobody_asks_is_no_better_than_a_random_model(model):
-    """The honest negative: at the end of a distractor sentence the holder is not linearly
-    readable beyond what a random model's residual stream gives (one of the story's 3 people)."""
+def test_holder_probe_where_nobody_asks_is_barely_above_a_random_model(model):
+    """The honest near-negative: at the end of a distractor sentence the holder is read little
+    better than from a random model's residual stream (which knows the story's 3 people)."""
     d = W.probe_data(1500, seed=1, at="distractor")
     tab = P.probe_table(model, d)
-    assert abs(max(tab["trained"]) - max(tab["random"])) < 0.08
-    assert max(tab["trained"]) < 0.5
+    _, test = P.split_rows(d)
+    h = W.heuristic_accuracy(d, test)
+    best, rand = max(tab["trained"]), max(tab["random"])  # measured 0.48 and 0.41
+    assert best < rand + 0.15 and best < 0.6
+    assert best > max(h.values()) + 0.1  # last-mentioned 0.28, most frequent 0.30
+    assert best > tab["majority"] + 0.3  # 0.04

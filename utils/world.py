@@ -175,7 +175,7 @@ def heuristic_accuracy(data, test: Tensor) -> dict[str, float]:
 def _world_2l(steps: int | None = None, progress: bool = True) -> tuple[Transformer, dict]:
     from .training import train
 
-    steps = steps or 3000
+    steps = steps or 8000
     cfg = Config(d_vocab=len(TOKENIZER), n_ctx=N_CTX, d_model=64, n_heads=4, d_head=16, d_mlp=256, n_layers=2)
     data, _ = world_dataset(20_000, seed=0)
     val, _ = world_dataset(500, seed=100)
