@@ -126,7 +126,7 @@ RECIPES: dict[str, Recipe] = {}
 # Later chapters' modules register their own recipes when imported (``recipe(...)`` below); the
 # zoo imports them by name only when a recipe is asked for, so this module, at the bottom of the
 # import graph, never depends on them.
-RECIPE_MODULES = ("utils.sae", "utils.toy_models", "utils.grokking")
+RECIPE_MODULES = ("utils.sae", "utils.toy_models", "utils.grokking", "utils.world")
 
 
 def recipe(name: str, description: str, save: Callable[..., Path] | None = None):
